@@ -1,0 +1,93 @@
+"""A clinic's local data: import, consent filter, encoding and a stable train/test split.
+
+Runs only inside the clinic process. What leaves it is computed from these arrays by the
+DP training step, never the arrays themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from schemas.contract import PatientRecord
+from schemas.features import Task, encode_features, encode_labels, has_label
+from schemas.importer import ImportResult, import_file
+
+TEST_SHARE_PER_MILLE = 200  # 20 % of patients are held out for evaluation
+
+
+class ClinicDataError(Exception):
+    """The clinic's data cannot be used for this job; the message says why and where."""
+
+
+@dataclass(frozen=True)
+class ClinicData:
+    """Encoded research-tier records of one clinic, split deterministically."""
+
+    clinic_id: str
+    task: Task
+    fingerprint: str
+    rows_read: int
+    rows_rejected: int
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+    @property
+    def n_train(self) -> int:
+        return len(self.y_train)
+
+    @property
+    def n_test(self) -> int:
+        return len(self.y_test)
+
+
+def is_test_patient(patient_ref: str) -> bool:
+    """Hash-based split: a patient stays on the same side whatever the file's row order."""
+    digest = hashlib.sha256(patient_ref.encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "big") % 1000 < TEST_SHARE_PER_MILLE
+
+
+def training_records(result: ImportResult, task: Task) -> list[PatientRecord]:
+    """Research-tier rows with a label for ``task``: the only rows a model may learn from."""
+    return [r for r in result.accepted if r.consent_tier.allows_training and has_label(r, task)]
+
+
+def load_clinic_data(clinic_id: str, path: Path, task: Task = Task.UNTREATED_CARIES) -> ClinicData:
+    """Import ``path`` and return the clinic's encoded train/test split.
+
+    Cached per (file, size, mtime) because Flower calls the ClientApp once per message and
+    re-validating thousands of rows each round would dominate a round's time.
+    """
+    stat = path.stat()
+    return _load_cached(clinic_id, path.resolve(), stat.st_size, stat.st_mtime_ns, task)
+
+
+@lru_cache(maxsize=16)
+def _load_cached(clinic_id: str, path: Path, _size: int, _mtime_ns: int, task: Task) -> ClinicData:
+    result = import_file(path)
+    records = training_records(result, task)
+    if not records:
+        raise ClinicDataError(
+            f"{path}: no research-tier rows usable for {task.value} "
+            f"({result.rows_accepted} accepted rows, {result.rows_rejected} rejected); "
+            "only patients with consent_tier=research may be used for training"
+        )
+    test_mask = np.array([is_test_patient(r.patient_ref) for r in records])
+    features, labels = encode_features(records), encode_labels(records, task)
+    return ClinicData(
+        clinic_id=clinic_id,
+        task=task,
+        fingerprint=result.fingerprint,
+        rows_read=result.rows_read,
+        rows_rejected=result.rows_rejected,
+        x_train=features[~test_mask],
+        y_train=labels[~test_mask],
+        x_test=features[test_mask],
+        y_test=labels[test_mask],
+    )

@@ -1,0 +1,205 @@
+"""The clinic's training step: DP-SGD with Opacus, plus the non-private trainer for baselines.
+
+The privacy cost of a round is fixed before any gradient is computed: Poisson sampling at
+``q = 1 / ceil(n / batch_size)`` (exactly Opacus's rule), ``steps = epochs * ceil(n / batch)``
+and the noise multiplier. That triple is what the ledger charges; training then spends it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+from opacus import PrivacyEngine
+from sklearn.metrics import roc_auc_score
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from privacy.calibration import noise_multiplier_for_epsilon
+from privacy.events import DpSgdEvent
+
+
+class TrainingConfigError(ValueError):
+    """A training request that cannot be run as asked (the message says which setting)."""
+
+
+@dataclass(frozen=True)
+class DpRoundPlan:
+    """What one clinic will run in one round; ``event`` is what the ledger charges."""
+
+    batch_size: int
+    local_epochs: int
+    learning_rate: float
+    clip_norm: float
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    proximal_mu: float = 0.0
+
+    @property
+    def event(self) -> DpSgdEvent:
+        return DpSgdEvent(self.noise_multiplier, self.sample_rate, self.steps)
+
+
+def plan_dp_round(
+    *,
+    n_train: int,
+    batch_size: int,
+    local_epochs: int,
+    learning_rate: float,
+    clip_norm: float,
+    total_rounds: int,
+    delta: float,
+    target_epsilon: float | None = None,
+    noise_multiplier: float | None = None,
+    proximal_mu: float = 0.0,
+) -> DpRoundPlan:
+    """Fix a round's mechanism; with ``target_epsilon`` the noise is calibrated so that
+    ``total_rounds`` such rounds spend exactly that ε at ``delta`` on this clinic's data."""
+    if n_train < 1:
+        raise TrainingConfigError("no training rows")
+    if batch_size < 1 or local_epochs < 1 or total_rounds < 1:
+        raise TrainingConfigError("batch size, local epochs and rounds must be at least 1")
+    if not (clip_norm > 0 and learning_rate > 0):
+        raise TrainingConfigError("clip norm and learning rate must be positive")
+    steps_per_epoch = math.ceil(n_train / batch_size)
+    sample_rate = 1.0 / steps_per_epoch
+    steps = local_epochs * steps_per_epoch
+    if (target_epsilon is None) == (noise_multiplier is None):
+        raise TrainingConfigError("give exactly one of target epsilon and noise multiplier")
+    if noise_multiplier is None:
+        assert target_epsilon is not None
+        noise_multiplier = _calibrated_noise(
+            target_epsilon, sample_rate, steps * total_rounds, delta
+        )
+    if not noise_multiplier > 0:
+        raise TrainingConfigError(
+            "the noise multiplier must be positive: DP-SGD without noise is not private"
+        )
+    return DpRoundPlan(
+        batch_size=batch_size,
+        local_epochs=local_epochs,
+        learning_rate=learning_rate,
+        clip_norm=clip_norm,
+        noise_multiplier=noise_multiplier,
+        sample_rate=sample_rate,
+        steps=steps,
+        proximal_mu=proximal_mu,
+    )
+
+
+@lru_cache(maxsize=64)
+def _calibrated_noise(target_epsilon: float, sample_rate: float, steps: int, delta: float) -> float:
+    if not target_epsilon > 0:
+        raise TrainingConfigError(f"target epsilon must be positive, got {target_epsilon}")
+    return noise_multiplier_for_epsilon(target_epsilon, sample_rate, steps, delta)
+
+
+def train_dp_opacus(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    plan: DpRoundPlan,
+    seed: int,
+) -> float:
+    """Run ``plan`` with Opacus's ``make_private`` (Poisson sampling, per-sample clipping,
+    Gaussian noise); returns the mean training loss. Updates ``model`` in place."""
+    torch.manual_seed(seed)
+    model.train()  # Opacus refuses a module in eval mode
+    global_weights = [p.detach().clone() for p in model.parameters()]
+    loader = DataLoader(
+        TensorDataset(torch.from_numpy(x), torch.from_numpy(y)),
+        batch_size=plan.batch_size,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=plan.learning_rate, momentum=0.9)
+    private_model, private_optimizer, private_loader = PrivacyEngine().make_private(
+        module=model,
+        optimizer=optimizer,
+        data_loader=loader,
+        noise_multiplier=plan.noise_multiplier,
+        max_grad_norm=plan.clip_norm,
+        poisson_sampling=True,
+    )
+    criterion = nn.BCEWithLogitsLoss()
+    losses: list[float] = []
+    private_model.train()
+    for _ in range(plan.local_epochs):
+        for features, labels in private_loader:
+            private_optimizer.zero_grad()
+            if len(labels) == 0:  # a Poisson batch may be empty; it still counts as a step
+                continue
+            loss = criterion(private_model(features), labels)
+            loss.backward()
+            private_optimizer.step()
+            apply_proximal_step(model, global_weights, plan.learning_rate, plan.proximal_mu)
+            losses.append(float(loss.detach()))
+    private_model.remove_hooks()
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def apply_proximal_step(
+    model: nn.Module, global_weights: list[torch.Tensor], learning_rate: float, mu: float
+) -> None:
+    """FedProx's pull towards the global model, applied after the private step.
+
+    The proximal gradient ``mu * (w - w_global)`` depends on no record, so adding it after
+    clipping and noising is post-processing and costs no privacy; inside the loss it would be
+    clipped per sample together with the data gradients, which is not what FedProx means.
+    """
+    if mu <= 0:
+        return
+    with torch.no_grad():
+        for weight, global_weight in zip(model.parameters(), global_weights, strict=True):
+            weight.sub_(learning_rate * mu * (weight - global_weight))
+
+
+def train_plain(
+    model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int, seed: int
+) -> float:
+    """Non-private training (Adam, in-memory shuffling): the baselines' trainer."""
+    generator = torch.Generator().manual_seed(seed)
+    features, labels = torch.from_numpy(x), torch.from_numpy(y)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    criterion = nn.BCEWithLogitsLoss()
+    model.train()
+    loss = torch.tensor(float("nan"))
+    for _ in range(epochs):
+        order = torch.randperm(len(labels), generator=generator)
+        for start in range(0, len(labels), batch_size):
+            batch = order[start : start + batch_size]
+            optimizer.zero_grad()
+            loss = criterion(model(features[batch]), labels[batch])
+            loss.backward()
+            optimizer.step()
+    return float(loss.detach())
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    loss: float
+    accuracy: float
+    auc: float | None  # None when the split holds one class only
+    num_examples: int
+
+
+def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray) -> Evaluation:
+    """Loss, accuracy at 0.5 and ROC AUC of ``model`` on ``(x, y)``."""
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x))
+        loss = float(nn.functional.binary_cross_entropy_with_logits(logits, torch.from_numpy(y)))
+    scores = torch.sigmoid(logits).numpy()
+    return Evaluation(
+        loss=loss,
+        accuracy=float(np.mean((scores >= 0.5) == (y >= 0.5))),
+        auc=auc_or_none(y, scores),
+        num_examples=len(y),
+    )
+
+
+def auc_or_none(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    return float(roc_auc_score(labels, scores)) if len(np.unique(labels)) == 2 else None

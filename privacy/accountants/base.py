@@ -1,0 +1,54 @@
+"""One interface over interchangeable privacy accountants, in the manner of Opacus' ``IAccountant``.
+
+An accountant turns a whole history of :mod:`privacy.events` into one ε at a given δ. It is
+stateless: callers pass the full history each time, so that the ledger's stored history is
+the only source of truth and nothing can drift out of step with it.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import ClassVar
+
+from privacy.events import PrivacyEvent, merge_identical
+
+
+class UnsupportedEvent(ValueError):
+    """The accountant cannot analyse this mechanism (e.g. PRV and the Laplace mechanism)."""
+
+
+def validate_delta(delta: float) -> None:
+    """Raise ``ValueError`` unless 0 < δ < 1, the only range where (ε, δ)-DP means anything."""
+    if not (0 < delta < 1):
+        raise ValueError(f"delta must be in (0, 1), got {delta!r}")
+
+
+class Accountant(ABC):
+    """Computes ε of the composition of a sequence of privacy events at a given δ."""
+
+    name: ClassVar[str]
+
+    def epsilon(self, events: Sequence[PrivacyEvent], delta: float) -> float:
+        """ε of the composition of *all* ``events`` at ``delta``.
+
+        0.0 when there are no events; ``math.inf`` when the accountant can give no finite
+        bound.
+
+        Identical events are merged first (see :func:`~privacy.events.merge_identical`), so
+        implementations see each distinct mechanism once, with its total repetitions.
+        """
+        validate_delta(delta)
+        if not events:
+            return 0.0
+        epsilon = self._epsilon(merge_identical(events), delta)
+        # An infinite ε (PRV's answer when its numerics give up) is safe: it exceeds every
+        # cap. NaN compares false with everything and would slip past a cap check.
+        if math.isnan(epsilon):
+            raise ArithmeticError(f"the {self.name} accountant returned ε = NaN for {events!r}")
+        return epsilon
+
+    @abstractmethod
+    def _epsilon(self, events: Sequence[PrivacyEvent], delta: float) -> float:
+        """ε of the composition of distinct, non-empty ``events`` at a validated ``delta``."""

@@ -1,0 +1,102 @@
+"""Choosing DP-SGD parameters: ε for a plan, sigma for a target ε, and a sensible default δ.
+
+All figures come from the same accountants the ledger charges with, so a noise multiplier
+calibrated here for a target ε is exactly what the ledger will charge for that training.
+"""
+
+from __future__ import annotations
+
+import math
+
+from privacy.accountants import DEFAULT_ACCOUNTANT, get_accountant
+from privacy.events import MIN_NOISE_MULTIPLIER, DpSgdEvent
+
+# Past this sigma the model learns nothing; a target that needs more is a budget that is too small.
+_MAX_NOISE_MULTIPLIER = 1e4
+
+
+def dpsgd_epsilon(
+    noise_multiplier: float,
+    sample_rate: float,
+    steps: int,
+    delta: float,
+    accountant: str = DEFAULT_ACCOUNTANT,
+) -> float:
+    """ε after ``steps`` DP-SGD steps with these parameters, at ``delta``."""
+    event = DpSgdEvent(noise_multiplier, sample_rate, steps)
+    return get_accountant(accountant).epsilon([event], delta)
+
+
+def noise_multiplier_for_epsilon(
+    target_epsilon: float,
+    sample_rate: float,
+    steps: int,
+    delta: float,
+    accountant: str = DEFAULT_ACCOUNTANT,
+    tolerance: float = 0.01,
+) -> float:
+    """The smallest noise multiplier whose ε stays at or below ``target_epsilon``.
+
+    The result always satisfies ε(sigma) ≤ target, and target - ε(sigma) ≤ ``tolerance``
+    unless sigma is already pinned down to 1e-6 relative precision. Less noise than this
+    would overspend the budget; more would cost accuracy for nothing. ε falls monotonically
+    as sigma grows, so bisection suffices: bracket by doubling or halving from sigma = 1,
+    then halve the bracket. Targets so generous that even
+    :data:`~privacy.events.MIN_NOISE_MULTIPLIER` meets them get that floor.
+    """
+    if not (math.isfinite(target_epsilon) and target_epsilon > 0):
+        raise ValueError(f"target_epsilon must be a finite number > 0, got {target_epsilon!r}")
+    if not tolerance > 0:
+        raise ValueError(f"tolerance must be > 0, got {tolerance!r}")
+    acct = get_accountant(accountant)
+
+    def epsilon(sigma: float) -> float:
+        return acct.epsilon([DpSgdEvent(sigma, sample_rate, steps)], delta)
+
+    # The first evaluation also validates sample_rate, steps and delta.
+    # Invariant once bracketed: ε(low) > target >= ε(high) = eps_high.
+    high, eps_high = 1.0, epsilon(1.0)
+    if eps_high > target_epsilon:
+        while eps_high > target_epsilon:
+            if high >= _MAX_NOISE_MULTIPLIER:
+                raise ValueError(
+                    f"no noise multiplier up to {_MAX_NOISE_MULTIPLIER:g} reaches ε <= "
+                    f"{target_epsilon} with sample_rate={sample_rate}, steps={steps}, δ={delta}"
+                )
+            high *= 2
+            eps_high = epsilon(high)
+        low = high / 2
+    else:
+        while True:
+            if high <= MIN_NOISE_MULTIPLIER:
+                return high  # even the least noise an event may carry meets the target
+            low = max(high / 2, MIN_NOISE_MULTIPLIER)
+            eps_low = epsilon(low)
+            if eps_low > target_epsilon:
+                break
+            high, eps_high = low, eps_low
+
+    while target_epsilon - eps_high > tolerance and high - low > 1e-6 * high:
+        mid = (low + high) / 2
+        eps_mid = epsilon(mid)
+        if eps_mid <= target_epsilon:
+            high, eps_high = mid, eps_mid
+        else:
+            low = mid
+    return high
+
+
+def default_delta(n_records: int) -> float:
+    """δ for a data set of ``n_records``: a power of ten at most 1/(10 n), and at most 1e-5.
+
+    δ bounds the probability that the guarantee fails outright; a mechanism that publishes
+    one random record satisfies δ = 1/n, so δ must sit well below 1/n to mean anything.
+    One order of magnitude below, rounded down to a power of ten, keeps the figure readable
+    in reports; 1e-5 is the conventional ceiling for small clinics.
+    """
+    if isinstance(n_records, bool) or not isinstance(n_records, int) or n_records < 1:
+        raise ValueError(f"n_records must be an integer >= 1, got {n_records!r}")
+    exponent = 5
+    while 10**exponent < 10 * n_records:
+        exponent += 1
+    return 10.0**-exponent

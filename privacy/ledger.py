@@ -1,0 +1,453 @@
+"""The per-clinic privacy ledger: every release is charged here before it leaves the clinic.
+
+A charge is atomic. In one transaction the ledger locks the data set, recomputes ε over the
+whole stored history plus the new event with the data set's accountant, refuses with
+:class:`BudgetExceeded` (changing nothing) if that would pass the cap, and otherwise
+records the event and commits before returning. Two processes charging the same data set
+therefore cannot both squeeze under the cap, and an update that is sent has always been
+paid for.
+
+ε is never cached or summed per round: composition theorems make the ε of a history smaller
+than the sum of its parts, and only a recomputation from the stored mechanisms can be
+checked by an auditor.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from sqlalchemy import URL, Connection, Engine, create_engine, event, select
+from sqlalchemy.orm import Session
+
+from privacy.accountants import ACCOUNTANTS, DEFAULT_ACCOUNTANT, get_accountant
+from privacy.events import (
+    DpSgdEvent,
+    PrivacyEvent,
+    event_from_dict,
+    mechanism_name,
+    repetitions,
+)
+from privacy.ledger_models import Base, BudgetChange, LedgerCharge, LedgerDataset
+
+# Execution option marking connections whose transactions must take the write lock at BEGIN.
+_WRITE_LOCK = "oralfed_write_lock"
+# How long a charge waits for another process's charge on the same SQLite file.
+_SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+class LedgerError(Exception):
+    """A ledger refusal or misuse, with a message meant for the operator."""
+
+
+class UnknownDataset(LedgerError):
+    """The data set was never registered with :meth:`PrivacyLedger.ensure_dataset`."""
+
+
+class InvalidBudget(LedgerError):
+    """A budget that cannot be registered, or a change that would invalidate the history."""
+
+
+class BudgetExceeded(LedgerError):
+    """A charge was refused because the composed ε would pass the cap; nothing was charged."""
+
+    def __init__(
+        self,
+        dataset_id: str,
+        *,
+        spent: float,
+        would_spend: float,
+        cap: float,
+        delta: float,
+        accountant: str,
+    ) -> None:
+        self.dataset_id = dataset_id
+        self.spent = spent
+        self.would_spend = would_spend
+        self.cap = cap
+        self.delta = delta
+        self.accountant = accountant
+        super().__init__(
+            f"dataset {dataset_id!r}: this release would bring ε to {would_spend:.2f} > cap "
+            f"{cap:.2f} (δ={delta:g}, accountant {accountant}); spent so far {spent:.2f}. "
+            "Nothing was charged."
+        )
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A data set's budget and what its whole history has spent, as of the call."""
+
+    dataset_id: str
+    epsilon_cap: float
+    delta: float
+    accountant: str
+    spent: float
+    remaining: float
+
+
+@dataclass(frozen=True)
+class ChargeRecord:
+    """One recorded release; ``epsilon_after`` is ε of the history up to and including it."""
+
+    id: int
+    dataset_id: str
+    recorded_at: datetime
+    run_id: str
+    round: int | None
+    event: PrivacyEvent
+    delta: float
+    epsilon_after: float
+    data_fingerprint: str | None
+    note: str | None
+
+
+@dataclass(frozen=True)
+class BudgetChangeRecord:
+    """A cap as set at registration (``old_cap`` None) or changed later."""
+
+    id: int
+    dataset_id: str
+    changed_at: datetime
+    old_cap: float | None
+    new_cap: float
+    reason: str | None
+
+
+class PrivacyLedger:
+    """Budgets and charge history of a clinic's data sets, in any SQLAlchemy database.
+
+    Usable as a context manager; :meth:`close` releases the database connections.
+    """
+
+    def __init__(self, url: str | URL) -> None:
+        engine = create_engine(url)
+        if engine.dialect.name == "sqlite":
+            _configure_sqlite(engine)
+        self._engine = engine
+        # Same pool, but its transactions take the write lock up front on SQLite (see
+        # _configure_sqlite); PostgreSQL gets the equivalent from SELECT ... FOR UPDATE.
+        self._locking_engine = engine.execution_options(**{_WRITE_LOCK: True})
+        Base.metadata.create_all(self._locking_engine)
+
+    @classmethod
+    def in_state_dir(cls, state_dir: Path) -> Self:
+        """The ledger of a clinic node: ``<state_dir>/ledger.db``, created if missing."""
+        state_dir.mkdir(parents=True, exist_ok=True)
+        return cls(URL.create("sqlite", database=str(state_dir / "ledger.db")))
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- budgets ------------------------------------------------------------------------------
+
+    def ensure_dataset(
+        self,
+        dataset_id: str,
+        epsilon_cap: float,
+        delta: float,
+        accountant: str = DEFAULT_ACCOUNTANT,
+        *,
+        reason: str | None = None,
+    ) -> Budget:
+        """Register a data set's budget, or confirm it; a new cap is recorded as a change.
+
+        Safe to call at every start-up with the node's configuration. Once anything has
+        been charged, δ and the accountant are fixed: ε of the stored history was checked
+        against the cap at that δ with that accountant, and switching either would
+        re-interpret the history (RDP, for one, reports a larger ε for the same events).
+        ``reason`` is kept with a cap change for the audit trail.
+        """
+        _validate_budget(dataset_id, epsilon_cap, delta, accountant)
+        with self._transaction(lock=True) as session:
+            row = _lock_dataset(session, dataset_id)
+            if row is None:
+                row = LedgerDataset(
+                    dataset_id=dataset_id,
+                    epsilon_cap=epsilon_cap,
+                    delta=delta,
+                    accountant=accountant,
+                )
+                session.add(row)
+                session.flush()  # no ORM relationship orders the inserts; the FK needs the row
+                session.add(
+                    BudgetChange(
+                        dataset_id=dataset_id,
+                        old_cap=None,
+                        new_cap=epsilon_cap,
+                        reason=reason or "registered",
+                    )
+                )
+                return _budget(row, [])
+            history = _history_events(session, dataset_id)
+            if history and (row.delta, row.accountant) != (delta, accountant):
+                raise InvalidBudget(
+                    f"dataset {dataset_id!r} already has {len(history)} charge(s) accounted at "
+                    f"δ={row.delta:g} with the {row.accountant} accountant; changing to "
+                    f"δ={delta:g} / {accountant} would re-interpret that history under a "
+                    "different guarantee. Register the data under a new dataset id instead."
+                )
+            row.delta, row.accountant = delta, accountant
+            if row.epsilon_cap != epsilon_cap:
+                session.add(
+                    BudgetChange(
+                        dataset_id=dataset_id,
+                        old_cap=row.epsilon_cap,
+                        new_cap=epsilon_cap,
+                        reason=reason,
+                    )
+                )
+                row.epsilon_cap = epsilon_cap
+        return _budget(row, history)
+
+    def budget(self, dataset_id: str) -> Budget:
+        """The data set's cap and what its history has spent; :class:`UnknownDataset` if none."""
+        with self._transaction() as session:
+            row = _get_dataset(session, dataset_id)
+            history = _history_events(session, dataset_id)
+        return _budget(row, history)
+
+    def datasets(self) -> list[Budget]:
+        """Every registered data set's budget, by dataset id."""
+        with self._transaction() as session:
+            rows = session.scalars(select(LedgerDataset).order_by(LedgerDataset.dataset_id)).all()
+            loaded = [(row, _history_events(session, row.dataset_id)) for row in rows]
+        return [_budget(row, history) for row, history in loaded]
+
+    def budget_changes(self, dataset_id: str) -> list[BudgetChangeRecord]:
+        """How the data set's cap was set and changed, oldest first."""
+        with self._transaction() as session:
+            _get_dataset(session, dataset_id)
+            rows = session.scalars(
+                select(BudgetChange)
+                .where(BudgetChange.dataset_id == dataset_id)
+                .order_by(BudgetChange.id)
+            )
+            return [
+                BudgetChangeRecord(
+                    id=row.id,
+                    dataset_id=row.dataset_id,
+                    changed_at=row.changed_at,
+                    old_cap=row.old_cap,
+                    new_cap=row.new_cap,
+                    reason=row.reason,
+                )
+                for row in rows
+            ]
+
+    # --- charges ------------------------------------------------------------------------------
+
+    def preview(self, dataset_id: str, event: PrivacyEvent) -> float:
+        """ε the data set would reach after ``event``; writes nothing and reserves nothing."""
+        with self._transaction() as session:
+            row = _get_dataset(session, dataset_id)
+            history = _history_events(session, dataset_id)
+        return get_accountant(row.accountant).epsilon([*history, event], row.delta)
+
+    def charge(
+        self,
+        dataset_id: str,
+        event: PrivacyEvent,
+        *,
+        run_id: str,
+        round: int | None = None,
+        data_fingerprint: str | None = None,
+        note: str | None = None,
+    ) -> ChargeRecord:
+        """Record ``event`` against the data set's budget, or raise :class:`BudgetExceeded`.
+
+        Call this before the update or statistic leaves the clinic; when it returns, the
+        charge is committed. The lock is held while ε is recomputed, so a concurrent
+        charge waits and then sees this one in the history.
+        """
+        mechanism = mechanism_name(event)
+        with self._transaction(lock=True) as session:
+            row = _lock_dataset(session, dataset_id)
+            if row is None:
+                raise _unknown(session, dataset_id)
+            history = _history_events(session, dataset_id)
+            accountant = get_accountant(row.accountant)
+            epsilon_after = accountant.epsilon([*history, event], row.delta)
+            if epsilon_after > row.epsilon_cap:
+                raise BudgetExceeded(
+                    dataset_id,
+                    spent=accountant.epsilon(history, row.delta),
+                    would_spend=epsilon_after,
+                    cap=row.epsilon_cap,
+                    delta=row.delta,
+                    accountant=row.accountant,
+                )
+            charge = LedgerCharge(
+                dataset_id=dataset_id,
+                run_id=run_id,
+                round=round,
+                mechanism=mechanism,
+                noise_multiplier=event.noise_multiplier,
+                sample_rate=event.sample_rate if isinstance(event, DpSgdEvent) else None,
+                steps=repetitions(event),
+                delta=row.delta,
+                epsilon_after=epsilon_after,
+                data_fingerprint=data_fingerprint,
+                note=note,
+            )
+            session.add(charge)
+            session.flush()  # assigns id and defaults before the record is built
+            record = _charge_record(charge)
+        return record
+
+    def spent(self, dataset_id: str, accountant: str | None = None) -> float:
+        """ε of the data set's whole history, recomputed now.
+
+        By default with the data set's own accountant; naming another one (e.g. ``"rdp"``
+        for a cross-check) recomputes the same history with it at the same δ.
+        """
+        with self._transaction() as session:
+            row = _get_dataset(session, dataset_id)
+            history = _history_events(session, dataset_id)
+        return get_accountant(accountant or row.accountant).epsilon(history, row.delta)
+
+    def history(self, dataset_id: str) -> list[ChargeRecord]:
+        """The data set's charges, oldest first."""
+        with self._transaction() as session:
+            _get_dataset(session, dataset_id)
+            return [_charge_record(row) for row in _history_rows(session, dataset_id)]
+
+    @contextmanager
+    def _transaction(self, *, lock: bool = False) -> Iterator[Session]:
+        """A session inside one transaction, committed on success and rolled back on error."""
+        with (
+            Session(
+                self._locking_engine if lock else self._engine, expire_on_commit=False
+            ) as session,
+            session.begin(),
+        ):
+            yield session
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    """Make SQLite a safe home for a budget: durable, consistent and serialised charges.
+
+    - WAL lets readers (reports, ``spent``) proceed while a charge holds the write lock.
+    - ``synchronous=FULL`` fsyncs every commit, so a charge that returned survives power loss
+      (WAL's usual NORMAL may lose the last commits).
+    - Foreign keys are off by default in SQLite; charges must belong to a data set.
+    - pysqlite's own transaction handling is disabled so SQLAlchemy emits BEGIN itself, and
+      locking transactions start with BEGIN IMMEDIATE: the write lock is taken before the
+      history is read, so two charges cannot both read the same history and both pass.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = FULL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        locking = connection.get_execution_options().get(_WRITE_LOCK, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if locking else "BEGIN")
+
+
+def _validate_budget(dataset_id: str, epsilon_cap: float, delta: float, accountant: str) -> None:
+    if not dataset_id or not dataset_id.strip():
+        raise InvalidBudget("dataset_id must be a non-empty string")
+    if not (math.isfinite(epsilon_cap) and epsilon_cap > 0):
+        raise InvalidBudget(f"epsilon_cap must be a finite number > 0, got {epsilon_cap!r}")
+    if not (0 < delta < 1):
+        raise InvalidBudget(f"delta must be in (0, 1), got {delta!r}")
+    if accountant not in ACCOUNTANTS:
+        raise InvalidBudget(
+            f"unknown accountant {accountant!r}; choose one of {', '.join(sorted(ACCOUNTANTS))}"
+        )
+
+
+def _lock_dataset(session: Session, dataset_id: str) -> LedgerDataset | None:
+    """The data set row, locked until commit (FOR UPDATE; SQLite already holds the lock)."""
+    return session.scalars(
+        select(LedgerDataset).where(LedgerDataset.dataset_id == dataset_id).with_for_update()
+    ).one_or_none()
+
+
+def _get_dataset(session: Session, dataset_id: str) -> LedgerDataset:
+    row = session.get(LedgerDataset, dataset_id)
+    if row is None:
+        raise _unknown(session, dataset_id)
+    return row
+
+
+def _unknown(session: Session, dataset_id: str) -> UnknownDataset:
+    known = session.scalars(select(LedgerDataset.dataset_id).order_by(LedgerDataset.dataset_id))
+    return UnknownDataset(
+        f"dataset {dataset_id!r} is not registered in the privacy ledger "
+        f"(registered: {', '.join(known) or 'none'}); register it with ensure_dataset first"
+    )
+
+
+def _history_rows(session: Session, dataset_id: str) -> Sequence[LedgerCharge]:
+    return session.scalars(
+        select(LedgerCharge).where(LedgerCharge.dataset_id == dataset_id).order_by(LedgerCharge.id)
+    ).all()
+
+
+def _history_events(session: Session, dataset_id: str) -> list[PrivacyEvent]:
+    return [_event_of(row) for row in _history_rows(session, dataset_id)]
+
+
+def _event_of(row: LedgerCharge) -> PrivacyEvent:
+    """The stored mechanism as an event, re-validated so a corrupted row cannot pass silently."""
+    data: dict[str, Any] = {"mechanism": row.mechanism, "noise_multiplier": row.noise_multiplier}
+    if row.mechanism == "dpsgd":
+        data |= {"sample_rate": row.sample_rate, "steps": row.steps}
+    else:
+        data["count"] = row.steps
+    return event_from_dict(data)
+
+
+def _charge_record(row: LedgerCharge) -> ChargeRecord:
+    return ChargeRecord(
+        id=row.id,
+        dataset_id=row.dataset_id,
+        recorded_at=row.recorded_at,
+        run_id=row.run_id,
+        round=row.round,
+        event=_event_of(row),
+        delta=row.delta,
+        epsilon_after=row.epsilon_after,
+        data_fingerprint=row.data_fingerprint,
+        note=row.note,
+    )
+
+
+def _budget(row: LedgerDataset, history: Sequence[PrivacyEvent]) -> Budget:
+    spent = get_accountant(row.accountant).epsilon(history, row.delta)
+    return Budget(
+        dataset_id=row.dataset_id,
+        epsilon_cap=row.epsilon_cap,
+        delta=row.delta,
+        accountant=row.accountant,
+        spent=spent,
+        remaining=max(0.0, row.epsilon_cap - spent),
+    )

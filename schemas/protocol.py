@@ -1,0 +1,60 @@
+"""Stable key names of what the coordinator and the clinics say to each other.
+
+Both sides import these constants so that a renamed key is a one-line change that cannot
+drift. Only aggregates cross the wire: model arrays, metrics and privacy figures, never a
+record.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# --- Node config (``flower-supernode --node-config`` / simulation manifest) -----------------
+NODE_CLINIC_ID: Final = "clinic-id"
+NODE_DATA_PATH: Final = "data-path"
+NODE_STATE_DIR: Final = "state-dir"
+NODE_DATASET_ID: Final = "dataset-id"
+NODE_EPSILON_CAP: Final = "epsilon-cap"
+NODE_DELTA: Final = "delta"
+NODE_ACCOUNTANT: Final = "accountant"
+# Simulation only: where the manifest mapping ``partition-id`` to a clinic lives.
+RUN_MANIFEST_PATH: Final = "manifest-path"
+
+# --- Train / evaluate config sent by the coordinator -----------------------------------------
+CFG_ROUND: Final = "server-round"  # set by Flower's strategies
+CFG_TOTAL_ROUNDS: Final = "total-rounds"
+CFG_LOCAL_EPOCHS: Final = "local-epochs"
+CFG_BATCH_SIZE: Final = "batch-size"
+CFG_LEARNING_RATE: Final = "learning-rate"
+CFG_CLIP_NORM: Final = "clip-norm"
+CFG_TARGET_EPSILON: Final = "target-epsilon"
+CFG_NOISE_MULTIPLIER: Final = "noise-multiplier"
+CFG_PROXIMAL_MU: Final = "proximal-mu"  # set by Flower's FedProx
+CFG_TASK: Final = "task"
+CFG_SEED: Final = "seed"
+CFG_HIDDEN_SIZES: Final = "hidden-sizes"
+
+# --- Reply records ---------------------------------------------------------------------------
+REPLY_ARRAYS: Final = "arrays"
+REPLY_METRICS: Final = "metrics"
+REPLY_CLINIC: Final = "clinic"  # ConfigRecord: identity and accountant (strings)
+
+NUM_EXAMPLES: Final = "num-examples"  # FedAvg weighs by this
+TRAIN_LOSS: Final = "train-loss"
+EVAL_LOSS: Final = "eval-loss"
+EVAL_ACCURACY: Final = "eval-accuracy"
+EVAL_AUC: Final = "eval-auc"
+EPSILON_SPENT: Final = "epsilon-spent"  # over the data set's whole ledger history
+EPSILON_CAP: Final = "epsilon-cap"
+DELTA: Final = "delta"
+NOISE_MULTIPLIER: Final = "noise-multiplier"
+SAMPLE_RATE: Final = "sample-rate"
+DP_STEPS: Final = "dp-steps"
+
+CLINIC_ID: Final = "clinic-id"
+ACCOUNTANT: Final = "accountant"
+
+# --- Error codes in refusal replies ----------------------------------------------------------
+ERROR_BUDGET_EXCEEDED: Final = 4201
+ERROR_DATA_REFUSED: Final = 4202
+ERROR_CLINIC_FAILURE: Final = 4299

@@ -1,0 +1,113 @@
+"""The coordinator's Flower ServerApp: run the rounds, keep the record, save the model."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flwr.app import ArrayRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from client.model import RiskModel, build_model, save_model
+from server.coordinator_db import CoordinatorStore
+from server.history import FederationHistory, RoundRecord
+from server.settings import FederationSettings
+from server.strategy import RoundCallback, make_strategy
+
+GLOBAL_MODEL_FILE = "global_model.pt"
+HISTORY_FILE = "history.json"
+
+
+@dataclass
+class FederationOutcome:
+    """What a finished (or halted) run leaves behind, for the report."""
+
+    run_id: str
+    settings: FederationSettings
+    history: FederationHistory = field(default_factory=FederationHistory)
+    model: RiskModel | None = None
+    status: str = "running"
+    message: str | None = None
+
+
+def run_federation_rounds(
+    grid: Grid,
+    settings: FederationSettings,
+    outcome: FederationOutcome,
+    on_round_end: RoundCallback | None = None,
+) -> FederationOutcome:
+    """Run ``settings.rounds`` rounds on ``grid``; fills ``outcome`` as it goes, so that a run
+    halted half-way still reports what happened."""
+    store = _open_store(settings)
+    store.start_run(outcome.run_id, settings.public_dict())
+
+    def round_ended(record: RoundRecord) -> None:
+        store.record_round(outcome.run_id, record)
+        _write_history(settings, outcome.history)
+        if on_round_end is not None:
+            on_round_end(record)
+
+    strategy = make_strategy(settings, outcome.history, round_ended)
+    initial = build_model(settings.hidden_sizes, seed=settings.seed)
+    try:
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(initial.state_dict()),
+            num_rounds=settings.rounds,
+            timeout=settings.round_timeout,
+            train_config=settings.train_config(),
+            evaluate_config=settings.evaluate_config(),
+        )
+        model = build_model(settings.hidden_sizes)
+        model.load_state_dict(result.arrays.to_torch_state_dict())
+        if settings.out_dir is not None:
+            metadata = {"run_id": outcome.run_id, "rounds": settings.rounds}
+            save_model(model, settings.out_dir / GLOBAL_MODEL_FILE, settings.task, metadata)
+        outcome.model, outcome.status = model, "completed"
+        store.finish_run(outcome.run_id, outcome.status)
+    except BaseException as error:
+        outcome.status, outcome.message = "halted", str(error) or type(error).__name__
+        store.finish_run(outcome.run_id, outcome.status, outcome.message)
+        raise
+    finally:
+        store.close()
+    return outcome
+
+
+def _open_store(settings: FederationSettings) -> CoordinatorStore:
+    if settings.coordinator_url:
+        return CoordinatorStore(settings.coordinator_url)
+    base = settings.out_dir if settings.out_dir is not None else Path(".oralfed")
+    return CoordinatorStore.sqlite_file(base / "coordinator.db")
+
+
+def _write_history(settings: FederationSettings, history: FederationHistory) -> None:
+    if settings.out_dir is None:
+        return
+    path = settings.out_dir / HISTORY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([r.summary() for r in history.rounds], indent=2, default=str))
+
+
+def make_server_app(
+    settings: FederationSettings | None = None,
+    outcome_sink: list[FederationOutcome] | None = None,
+    on_round_end: RoundCallback | None = None,
+) -> ServerApp:
+    """A ServerApp; without ``settings`` it reads Flower's run config (``flwr run .``)."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        effective = settings or FederationSettings.from_run_config(context.run_config)
+        outcome = FederationOutcome(run_id=uuid.uuid4().hex, settings=effective)
+        if outcome_sink is not None:
+            outcome_sink.append(outcome)
+        run_federation_rounds(grid, effective, outcome, on_round_end)
+
+    return app
+
+
+app = make_server_app()

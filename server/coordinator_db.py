@@ -1,0 +1,127 @@
+"""The coordinator's own state: runs, rounds and what each clinic answered.
+
+SQLite by default (a file next to the run); any SQLAlchemy URL works, PostgreSQL included.
+It holds only what clinics chose to send: aggregates and refusals, never a record.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, create_engine, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from server.history import RoundRecord
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class RunRow(Base):
+    __tablename__ = "coordinator_runs"
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON)
+    message: Mapped[str | None] = mapped_column(Text)
+
+
+class RoundRow(Base):
+    __tablename__ = "coordinator_rounds"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("coordinator_runs.run_id"), index=True)
+    round: Mapped[int] = mapped_column(Integer)
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class ClinicResultRow(Base):
+    __tablename__ = "coordinator_clinic_results"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("coordinator_runs.run_id"), index=True)
+    round: Mapped[int] = mapped_column(Integer)
+    clinic_id: Mapped[str] = mapped_column(String(128), index=True)
+    phase: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    metrics: Mapped[dict[str, float]] = mapped_column(JSON)
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class CoordinatorStore:
+    """Durable run records; every method commits before it returns."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = create_engine(url)
+        Base.metadata.create_all(self.engine)
+
+    @classmethod
+    def sqlite_file(cls, path: Path) -> CoordinatorStore:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return cls(f"sqlite:///{path}")
+
+    def start_run(self, run_id: str, settings: dict[str, Any]) -> None:
+        with Session(self.engine) as session, session.begin():
+            session.add(RunRow(run_id=run_id, settings=settings))
+
+    def record_round(self, run_id: str, record: RoundRecord) -> None:
+        summary = json.loads(_json_safe(record.summary()))
+        with Session(self.engine) as session, session.begin():
+            session.add(RoundRow(run_id=run_id, round=record.round, summary=summary))
+            for result in record.results:
+                session.add(
+                    ClinicResultRow(
+                        run_id=run_id,
+                        round=record.round,
+                        clinic_id=result.clinic_id,
+                        phase=result.phase,
+                        status=result.status,
+                        metrics=json.loads(_json_safe(result.metrics)),
+                        reason=result.reason,
+                    )
+                )
+
+    def finish_run(self, run_id: str, status: str, message: str | None = None) -> None:
+        with Session(self.engine) as session, session.begin():
+            row = session.get(RunRow, run_id)
+            if row is not None:
+                row.status, row.message, row.finished_at = status, message, utcnow()
+
+    def runs(self) -> list[RunRow]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            return list(session.scalars(select(RunRow).order_by(RunRow.started_at)))
+
+    def rounds(self, run_id: str) -> list[RoundRow]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            query = select(RoundRow).where(RoundRow.run_id == run_id).order_by(RoundRow.round)
+            return list(session.scalars(query))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _json_safe(value: Any) -> str:
+    """JSON text with NaN/inf as null: databases' JSON types refuse them."""
+    return json.dumps(_replace_non_finite(value), default=str)
+
+
+def _replace_non_finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _replace_non_finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_replace_non_finite(v) for v in value]
+    return value

@@ -1,0 +1,110 @@
+"""What happened in each round, clinic by clinic: the run's memory and its report's source."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from flwr.app import Message
+
+from schemas import protocol
+
+Phase = Literal["train", "evaluate"]
+Status = Literal["ok", "refused", "failed"]
+REFUSAL_CODES = frozenset({protocol.ERROR_BUDGET_EXCEEDED, protocol.ERROR_DATA_REFUSED})
+CLINIC_PREFIX = re.compile(r"^\[(?P<clinic>[^\]]+)\]\s*")
+
+
+@dataclass(frozen=True)
+class ClinicResult:
+    """One clinic's reply in one phase of one round."""
+
+    clinic_id: str
+    phase: Phase
+    status: Status
+    metrics: dict[str, float] = field(default_factory=dict)
+    accountant: str | None = None
+    reason: str | None = None
+
+    @classmethod
+    def from_reply(cls, msg: Message, phase: Phase) -> ClinicResult:
+        """Read a reply; errors carry the clinic id as a ``[clinic]`` prefix (see client.app)."""
+        if msg.has_error():
+            reason = msg.error.reason or "no reason given"
+            match = CLINIC_PREFIX.match(reason)
+            clinic = match["clinic"] if match else f"node-{msg.metadata.src_node_id}"
+            status: Status = "refused" if msg.error.code in REFUSAL_CODES else "failed"
+            return cls(clinic, phase, status, reason=CLINIC_PREFIX.sub("", reason))
+        identity = msg.content.config_records.get(protocol.REPLY_CLINIC)
+        metrics = next(iter(msg.content.metric_records.values()), {})
+        return cls(
+            clinic_id=str(identity[protocol.CLINIC_ID])
+            if identity
+            else f"node-{msg.metadata.src_node_id}",
+            phase=phase,
+            status="ok",
+            metrics={
+                key: float(value) for key, value in metrics.items() if not isinstance(value, list)
+            },
+            accountant=str(identity[protocol.ACCOUNTANT]) if identity else None,
+        )
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    results: list[ClinicResult] = field(default_factory=list)
+    model_path: str | None = None
+
+    def of(self, phase: Phase, status: Status | None = None) -> list[ClinicResult]:
+        return [
+            r for r in self.results if r.phase == phase and (status is None or r.status == status)
+        ]
+
+    def weighted(self, phase: Phase, key: str) -> float | None:
+        """Example-weighted mean of a metric over the clinics that answered."""
+        pairs = [
+            (r.metrics[key], r.metrics[protocol.NUM_EXAMPLES])
+            for r in self.of(phase, "ok")
+            if key in r.metrics and math.isfinite(r.metrics[key])
+        ]
+        total = sum(weight for _, weight in pairs)
+        return sum(value * weight for value, weight in pairs) / total if total else None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "round": self.round,
+            "trained": [r.clinic_id for r in self.of("train", "ok")],
+            "refused": [
+                {"clinic": r.clinic_id, "reason": r.reason} for r in self.of("train", "refused")
+            ],
+            "failed": [
+                {"clinic": r.clinic_id, "reason": r.reason} for r in self.of("train", "failed")
+            ],
+            "train_loss": self.weighted("train", protocol.TRAIN_LOSS),
+            "eval_loss": self.weighted("evaluate", protocol.EVAL_LOSS),
+            "eval_accuracy": self.weighted("evaluate", protocol.EVAL_ACCURACY),
+            "eval_auc": self.weighted("evaluate", protocol.EVAL_AUC),
+            "model_path": self.model_path,
+            "clinics": [asdict(r) for r in self.results],
+        }
+
+
+@dataclass
+class FederationHistory:
+    rounds: list[RoundRecord] = field(default_factory=list)
+
+    def round(self, number: int) -> RoundRecord:
+        if not self.rounds or self.rounds[-1].round != number:
+            self.rounds.append(RoundRecord(number))
+        return self.rounds[-1]
+
+    def latest_training(self) -> dict[str, ClinicResult]:
+        """Each clinic's last successful training reply (its latest ε figures)."""
+        latest: dict[str, ClinicResult] = {}
+        for record in self.rounds:
+            for result in record.of("train", "ok"):
+                latest[result.clinic_id] = result
+        return latest

@@ -1,0 +1,162 @@
+"""Run a whole federation on this machine with Flower's Simulation Engine.
+
+``launch_simulation`` runs it in a child process of its own session: Ray starts a tree of
+processes (GCS, raylet, workers) and the ServerApp thread does not listen for Ctrl-C, so
+ending the child's whole process group is the one reliable way to leave nothing running
+when ``oralfed federate`` returns, however it returns. The child reports each round as a
+JSON line on a pipe; Flower's and Ray's own logs go to ``federation.log`` in the run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from client.node import ClinicNode
+
+SPEC_FILE = "simulation-spec.json"
+OUTCOME_FILE = "outcome.json"
+LOG_FILE = "federation.log"
+STOP_GRACE_SECONDS = 10.0
+
+EventCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    run_id: str | None
+    status: str  # "completed" | "halted" | "failed"
+    message: str | None
+    rounds: list[dict[str, Any]]
+
+
+def launch_simulation(
+    clinics: list[ClinicNode],
+    settings_json: dict[str, Any],
+    out_dir: Path,
+    on_event: EventCallback | None = None,
+) -> SimulationResult:
+    """Run the federation in a child process and wait for it; always reaps the process group."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec = {"clinics": [c.to_config() for c in clinics], "settings": settings_json}
+    (out_dir / SPEC_FILE).write_text(json.dumps(spec, indent=2))
+    read_fd, write_fd = os.pipe()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_DEDUP_LOGS": "0", "PYTHONUNBUFFERED": "1"}
+    with (out_dir / LOG_FILE).open("ab") as log:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "server.simulation", str(out_dir), str(write_fd)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            pass_fds=(write_fd,),
+            start_new_session=True,
+            env=env,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+    os.close(write_fd)
+    rounds: list[dict[str, Any]] = []
+    try:
+        with os.fdopen(read_fd, "r", encoding="utf-8") as events:
+            for line in events:
+                event = json.loads(line)
+                if event.get("event") == "round":
+                    rounds.append(event["summary"])
+                if on_event is not None:
+                    on_event(event)
+        child.wait()
+    finally:
+        _end_process_group(child)
+    outcome_path = out_dir / OUTCOME_FILE
+    if not outcome_path.exists():
+        return SimulationResult(
+            None,
+            "failed",
+            f"the simulation process exited with code {child.returncode}; see {out_dir / LOG_FILE}",
+            rounds,
+        )
+    outcome = json.loads(outcome_path.read_text())
+    return SimulationResult(
+        outcome.get("run_id"), outcome["status"], outcome.get("message"), rounds
+    )
+
+
+def _end_process_group(child: subprocess.Popen[bytes]) -> None:
+    """Terminate the child's session (Ray included); escalate to SIGKILL after a grace."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(child.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            child.wait(timeout=STOP_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            continue
+        try:  # the leader is gone; stragglers in its group may remain
+            os.killpg(child.pid, 0)
+        except ProcessLookupError:
+            return
+
+
+def _run_child(out_dir: Path, events_fd: int) -> int:
+    """Child side: run the simulation in-process and stream round summaries."""
+    import torch
+    from flwr.simulation import run_simulation
+
+    from client.app import make_client_app
+    from server.app import FederationOutcome, make_server_app
+    from server.settings import FederationSettings
+
+    torch.set_num_threads(1)
+    logging.getLogger("flwr").setLevel(logging.INFO)
+    spec = json.loads((out_dir / SPEC_FILE).read_text())
+    clinics = [ClinicNode.from_config(entry) for entry in spec["clinics"]]
+    settings = FederationSettings.from_public_dict(spec["settings"])
+    events = os.fdopen(events_fd, "w", encoding="utf-8", buffering=1)
+
+    def emit(payload: dict[str, Any]) -> None:
+        events.write(json.dumps(payload, default=str) + "\n")
+
+    outcomes: list[FederationOutcome] = []
+    server_app = make_server_app(
+        settings, outcomes, lambda record: emit({"event": "round", "summary": record.summary()})
+    )
+    status, message = "failed", None
+    try:
+        run_simulation(
+            server_app=server_app,
+            client_app=make_client_app(clinics),
+            num_supernodes=len(clinics),
+            backend_config={
+                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                "init_args": {"num_cpus": max(1, min(len(clinics), os.cpu_count() or 1))},
+            },
+        )
+        status = outcomes[0].status if outcomes else "failed"
+        message = outcomes[0].message if outcomes else "the ServerApp did not start"
+    except Exception as error:  # report any end of the run to the parent, then exit non-zero
+        status = outcomes[0].status if outcomes and outcomes[0].status == "halted" else "failed"
+        message = (outcomes[0].message if outcomes else None) or f"{type(error).__name__}: {error}"
+    run_id = outcomes[0].run_id if outcomes else None
+    (out_dir / OUTCOME_FILE).write_text(
+        json.dumps({"run_id": run_id, "status": status, "message": message})
+    )
+    emit({"event": "end", "status": status, "message": message})
+    events.close()
+    return 0 if status == "completed" else 1
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="internal: OralFed simulation worker")
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("events_fd", type=int)
+    arguments = parser.parse_args()
+    sys.exit(_run_child(arguments.out_dir, arguments.events_fd))

@@ -1,0 +1,156 @@
+"""End to end: real Flower simulations through the ``oralfed`` command, real SQLite ledgers.
+
+Two federations share the clinics' state, as two runs on the same patients would: the
+second must be charged on top of the first, and a clinic whose budget is nearly spent must
+refuse while the others carry on.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from privacy.events import DpSgdEvent
+from privacy.ledger import PrivacyLedger
+
+pytestmark = pytest.mark.e2e
+ORALFED = [sys.executable, "-m", "cli"]
+
+
+def oralfed(*arguments: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    completed = subprocess.run(
+        [*ORALFED, *map(str, arguments)], capture_output=True, text=True, timeout=600
+    )
+    if check and completed.returncode != 0:
+        raise AssertionError(
+            f"oralfed failed ({completed.returncode}):\n{completed.stdout}\n{completed.stderr}"
+        )
+    return completed
+
+
+def federate(
+    data: Path, state: Path, out: Path, *extra: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    return oralfed(
+        "federate",
+        "--data",
+        data,
+        "--state-dir",
+        state,
+        "--out",
+        out,
+        "--rounds",
+        "2",
+        "--local-epochs",
+        "1",
+        "--target-epsilon",
+        "2",
+        "--seed",
+        "3",
+        *extra,
+        check=check,
+    )
+
+
+def ray_processes() -> list[str]:
+    listing = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return [line for line in listing.splitlines() if "raylet" in line or "gcs_server" in line]
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("federation")
+    oralfed("data", "synth", "--out", root / "data", "--clinics", "3", "--seed", "11")
+    federate(root / "data", root / "state", root / "run1")
+    report = json.loads((root / "run1" / "report.json").read_text())
+    return {"root": root, "report": report}
+
+
+def test_report_has_quality_baselines_and_privacy(federation: dict[str, Any]) -> None:
+    report = federation["report"]
+    assert report["status"] == "completed" and len(report["rounds"]) == 2
+    overall = report["overall"]
+    assert overall["federated_dp"]["auc"] > 0.65  # a trivial (constant) model scores 0.5
+    assert (
+        overall["central_pooled"]["auc"] is not None and overall["local_only_mean_auc"] is not None
+    )
+    for clinic in report["clinics"]:
+        assert clinic["rounds_trained"] == 2
+        assert 0 < clinic["epsilon_spent"] <= 2.0 + 1e-9
+        assert clinic["accountant"] == "pld" and 0 < clinic["delta"] < 1e-4
+        assert clinic["federated_dp"]["auc"] is not None
+    assert (federation["root"] / "run1" / "global_model.pt").is_file()
+    assert (federation["root"] / "run1" / "history.json").is_file()
+
+
+def test_each_ledger_holds_exactly_the_rounds_it_trained(federation: dict[str, Any]) -> None:
+    report = federation["report"]
+    for clinic in report["clinics"]:
+        replies = [
+            entry
+            for summary in report["rounds"]
+            for entry in summary["clinics"]
+            if entry["clinic_id"] == clinic["clinic"] and entry["phase"] == "train"
+        ]
+        with PrivacyLedger.in_state_dir(federation["root"] / "state" / clinic["clinic"]) as ledger:
+            history = ledger.history(clinic["clinic"])
+            assert [c.round for c in history] == [1, 2]
+            assert {c.run_id for c in history} == {report["run_id"]} or len(
+                {c.run_id for c in history}
+            ) == 1
+            for charge, reply in zip(history, replies, strict=True):
+                metrics = reply["metrics"]
+                assert charge.event == DpSgdEvent(
+                    metrics["noise-multiplier"], metrics["sample-rate"], int(metrics["dp-steps"])
+                )
+            assert ledger.spent(clinic["clinic"]) == pytest.approx(clinic["epsilon_spent"])
+
+
+def test_no_ray_process_survives_the_command(federation: dict[str, Any]) -> None:
+    assert ray_processes() == []
+
+
+def test_second_run_is_charged_on_top_and_a_spent_clinic_refuses(
+    federation: dict[str, Any],
+) -> None:
+    root = federation["root"]
+    with PrivacyLedger.in_state_dir(root / "state" / "clinic-01") as ledger:
+        before = ledger.spent("clinic-01")
+        # Spend clinic-01's cap of 10 outside the federation with more rounds like its last
+        # one, until one more such round would not fit: run2's rounds must then be refused.
+        round_event = ledger.history("clinic-01")[-1].event
+        while ledger.preview("clinic-01", round_event) <= 10:
+            ledger.charge("clinic-01", round_event, run_id="manual")
+        near_cap = ledger.spent("clinic-01")
+        assert before < near_cap < 10
+    result = federate(root / "data", root / "state", root / "run2")
+    report = json.loads((root / "run2" / "report.json").read_text())
+    rows = {row["clinic"]: row for row in report["clinics"]}
+    assert rows["clinic-01"]["rounds_trained"] == 0
+    assert len(rows["clinic-01"]["refusals"]) == 2
+    assert "cap" in rows["clinic-01"]["refusals"][0]["reason"]
+    assert "clinic-01 refused" in result.stdout.replace("\n", " ")
+    for clinic in ("clinic-02", "clinic-03"):
+        assert rows[clinic]["rounds_trained"] == 2
+        with PrivacyLedger.in_state_dir(root / "state" / clinic) as ledger:
+            assert len(ledger.history(clinic)) == 4
+            previous = next(c for c in federation["report"]["clinics"] if c["clinic"] == clinic)
+            assert ledger.spent(clinic) > previous["epsilon_spent"]
+    with PrivacyLedger.in_state_dir(root / "state" / "clinic-01") as ledger:
+        assert ledger.spent("clinic-01") == pytest.approx(near_cap)  # refused: nothing charged
+
+
+def test_too_few_clinics_stops_with_a_clear_message(federation: dict[str, Any]) -> None:
+    root = federation["root"]
+    result = federate(
+        root / "data", root / "state", root / "run3", "--min-clinics", "3", check=False
+    )
+    assert result.returncode == 2
+    assert "the federation stopped" in result.stderr and "clinic-01" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert ray_processes() == []
