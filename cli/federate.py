@@ -18,7 +18,7 @@ from client.model import load_model
 from client.node import DEFAULT_EPSILON_CAP, ClinicNode
 from schemas.contract import PATIENT_REF_PATTERN
 from schemas.features import Task
-from schemas.importer import import_file, write_quarantine
+from schemas.importer import ImportResult, import_file, write_quarantine
 from schemas.synthetic import write_federation
 from server.app import GLOBAL_MODEL_FILE
 from server.baselines import compare_with_baselines
@@ -59,7 +59,10 @@ def federate(
         int, typer.Option(min=1, help="Stop if fewer clinics train in a round.")
     ] = 2,
     epsilon_cap: Annotated[
-        float, typer.Option(help="Each clinic's lifetime ε cap (new ledgers only).")
+        float,
+        typer.Option(
+            help="Each clinic's lifetime ε cap (a change is recorded).",
+        ),
     ] = DEFAULT_EPSILON_CAP,
     task: Annotated[Task, typer.Option(help="Outcome to learn.")] = Task.UNTREATED_CARIES,
     seed: Annotated[int, typer.Option(help="Seed for synthetic data and initial model.")] = 7,
@@ -109,15 +112,17 @@ def federate(
         )
     except SettingsError as error:
         raise UserError(str(error)) from None
-    files = _clinic_files(data) if data is not None else None
-    out.mkdir(parents=True, exist_ok=True)
-    if files is None:
-        files = write_federation(out / "data", clinics, seed)
-        console.print(f"Synthesized {len(files)} clinics in {out / 'data'} (seed {seed})")
     state_root = (
         state_dir or (out / "state" if data is None else Path(".oralfed/state"))
     ).resolve()
-    nodes = [_clinic_node(path, state_root, epsilon_cap, out, task) for path in files]
+    if data is None:
+        files = write_federation(out / "data", clinics, seed)
+        console.print(f"Synthesized {len(files)} clinics in {out / 'data'} (seed {seed})")
+    else:
+        files = _clinic_files(data)
+    checked = [_check_clinic_file(path, task) for path in files]  # refuses before writing
+    out.mkdir(parents=True, exist_ok=True)
+    nodes = [_clinic_node(result, state_root, epsilon_cap, out, task) for result in checked]
     if len(nodes) < min_clinics:
         raise UserError(f"{len(nodes)} clinic(s) found, fewer than --min-clinics {min_clinics}")
 
@@ -165,18 +170,23 @@ def _clinic_files(folder: Path) -> list[Path]:
     return files
 
 
-def _clinic_node(
-    path: Path, state_root: Path, epsilon_cap: float, out: Path, task: Task
-) -> ClinicNode:
+def _check_clinic_file(path: Path, task: Task) -> ImportResult:
     """Validate a clinic's file up front, so bad input is reported before any round starts."""
     result = import_file(path)
+    load_clinic_data(path.stem, path, task)  # refuses a clinic with no usable research-tier rows
+    return result
+
+
+def _clinic_node(
+    result: ImportResult, state_root: Path, epsilon_cap: float, out: Path, task: Task
+) -> ClinicNode:
+    path = result.path
     if result.rejected:
         quarantine = write_quarantine(result, out / "quarantine" / f"{path.stem}.quarantine.csv")
         console.print(
             f"[yellow]{path}: {result.rows_rejected} of {result.rows_read} rows rejected[/] "
             f"(reasons in {quarantine})"
         )
-    load_clinic_data(path.stem, path, task)  # refuses a clinic with no usable research-tier rows
     usable = len(training_records(result, task))
     console.print(
         f"{path.stem}: {result.rows_accepted} rows accepted, "
@@ -241,28 +251,27 @@ def render_report(report: dict[str, Any]) -> None:
             "local-only, mean over clinics (baseline)", _fmt(overall["local_only_mean_auc"]), ""
         )
         console.print(table)
-    clinics = Table(title="Per clinic: model AUC and privacy budget")
+    clinics = Table(title="Per clinic: test AUC of each model, and privacy budget")
     for column in (
         "clinic",
         "rounds",
-        "AUC federated",
-        "AUC local-only",
-        "AUC central",
-        "ε spent",
-        "ε left",
+        "federated",
+        "local",
+        "central",
+        "ε spent/cap",
         "δ",
-        "accountant",
+        "acct.",
     ):
         clinics.add_column(column)
     for row in report["clinics"]:
+        spent, cap = row.get("epsilon_spent"), row.get("epsilon_cap")
         clinics.add_row(
             row["clinic"],
             str(row["rounds_trained"]),
             _fmt(row.get("federated_dp", {}).get("auc")),
             _fmt(row.get("local_only", {}).get("auc")),
             _fmt(row.get("central_pooled", {}).get("auc")),
-            _fmt(row.get("epsilon_spent")),
-            _fmt(row.get("epsilon_left")),
+            "-" if spent is None else f"{spent:.2f}/{cap:.2f}",
             f"{row['delta']:.0e}" if row.get("delta") else "-",
             row.get("accountant") or "-",
         )

@@ -27,10 +27,10 @@ app.command(name="federate")(federate)
 USER_ERRORS = (UserError, ContractError, ClinicDataError, ModelFormatError, LedgerError)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors become one clear message and exit code 2."""
     try:
-        app()
+        app(args=argv)
     except USER_ERRORS as error:
         fail(str(error))
     except KeyboardInterrupt:
