@@ -17,9 +17,11 @@ from typing import Any
 from flwr.app import Context
 
 from schemas import protocol
+from schemas.synthetic import write_federation
 
 DEFAULT_EPSILON_CAP = 10.0
 DEFAULT_ACCOUNTANT = "pld"
+SYNTHETIC_ROOT = Path.home() / ".oralfed" / "flwr-simulation"
 
 
 class NodeConfigError(ValueError):
@@ -82,11 +84,6 @@ class ClinicNode:
         return config
 
 
-def write_manifest(path: Path, clinics: list[ClinicNode]) -> None:
-    """The simulation's map from ``partition-id`` to clinic (index = partition id)."""
-    path.write_text(json.dumps({"clinics": [c.to_config() for c in clinics]}, indent=2))
-
-
 def resolve_clinic_node(context: Context, manifest: list[ClinicNode] | None = None) -> ClinicNode:
     """The clinic this ClientApp serves, from node config or the simulation manifest."""
     node_config = context.node_config
@@ -100,9 +97,8 @@ def resolve_clinic_node(context: Context, manifest: list[ClinicNode] | None = No
     if manifest is None:
         manifest_path = context.run_config.get(protocol.RUN_MANIFEST_PATH)
         if not manifest_path:
-            raise NodeConfigError(
-                f"simulated node {partition}: run config has no {protocol.RUN_MANIFEST_PATH}"
-            )
+            seed = int(context.run_config.get(protocol.CFG_SEED, 0))
+            return synthetic_clinic_node(partition, int(node_config["num-partitions"]), seed)
         entries = json.loads(Path(str(manifest_path)).read_text())["clinics"]
         manifest = [ClinicNode.from_config(entry) for entry in entries]
     if partition >= len(manifest):
@@ -110,3 +106,18 @@ def resolve_clinic_node(context: Context, manifest: list[ClinicNode] | None = No
             f"simulated node {partition}: the manifest lists {len(manifest)} clinics"
         )
     return manifest[partition]
+
+
+def synthetic_clinic_node(partition: int, num_partitions: int, seed: int) -> ClinicNode:
+    """A synthetic clinic for a simulated node started without a manifest.
+
+    That is ``flwr run .`` on Flower's Simulation Engine as Flower users run any app: each
+    simulated node becomes one clinic of a synthetic federation (``schemas.synthetic``),
+    generated once under ``~/.oralfed/flwr-simulation`` with its own ledger beside it.
+    """
+    folder = SYNTHETIC_ROOT / f"seed-{seed}-clinics-{num_partitions}"
+    clinic_id = f"clinic-{partition + 1:02d}"
+    data_path = folder / "data" / f"{clinic_id}.csv"
+    if not data_path.exists():  # every node writes the same files, each atomically
+        write_federation(folder / "data", num_partitions, seed)
+    return ClinicNode(clinic_id, data_path, folder / "state" / clinic_id, dataset_id=clinic_id)

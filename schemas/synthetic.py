@@ -22,9 +22,8 @@ one numpy version; numpy does not guarantee identical Generator streams across r
 from __future__ import annotations
 
 import csv
-import os
+import io
 import re
-import tempfile
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +35,17 @@ from typing import Final, TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+from schemas.contract import (
+    CONTRACT_COLUMNS,
+    REQUIRED_COLUMNS,
+    ConsentTier,
+    FluoridatedWater,
+    Periodontitis,
+    Sex,
+    SmokingStatus,
+)
+from schemas.importer import write_text_atomically
 
 _T = TypeVar("_T")
 
@@ -58,40 +68,14 @@ __all__ = [
 ]
 
 # --------------------------------------------------------------------------------------
-# Contract vocabulary (kept here, not imported from schemas.contract, so the generator has
-# no pydantic dependency and can be used to test the contract code independently).
+# Contract vocabulary, from the one place that defines it.
 # --------------------------------------------------------------------------------------
 
-CONTRACT_COLUMNS: Final[tuple[str, ...]] = (
-    "patient_ref",
-    "age_years",
-    "sex",
-    "smoking_status",
-    "brushing_per_day",
-    "flossing_days_per_week",
-    "sugary_drinks_per_day",
-    "sugary_snacks_per_day",
-    "fluoride_toothpaste",
-    "fluoridated_water",
-    "dental_visits_per_year",
-    "diabetes",
-    "bmi",
-    "last_visit_date",
-    "dmft",
-    "untreated_caries",
-    "periodontitis",
-    "consent_tier",
-)
-_REQUIRED_COLUMNS: Final[tuple[str, ...]] = tuple(
-    c
-    for c in CONTRACT_COLUMNS
-    if c not in ("fluoridated_water", "bmi", "last_visit_date", "periodontitis")
-)
-_SEX: Final = ("female", "male", "other", "unknown")
-_SMOKING: Final = ("never", "former", "current")
-_WATER: Final = ("yes", "no", "unknown")
-_PERIO: Final = ("none", "mild", "moderate", "severe")
-_CONSENT: Final = ("care_only", "statistics", "research")
+_SEX: Final = tuple(member.value for member in Sex)
+_SMOKING: Final = tuple(member.value for member in SmokingStatus)
+_WATER: Final = tuple(member.value for member in FluoridatedWater)
+_PERIO: Final = tuple(member.value for member in Periodontitis)
+_CONSENT: Final = tuple(member.value for member in ConsentTier)
 
 #: Fixed "today" of the synthetic world. Never ``date.today()``: output must not depend on
 #: when it is generated. It lies in the past, so no clean ``last_visit_date`` is ever in the
@@ -103,13 +87,22 @@ _VISIT_WINDOW_DAYS: Final[int] = 3 * 365  # last visits fall within three years 
 #: mostly older adults (care homes, prosthodontics).
 AGE_MIXES: Final[tuple[str, ...]] = ("pediatric", "general", "geriatric")
 _AGE_BANDS: Final[tuple[tuple[int, int], ...]] = (
-    (2, 5), (6, 12), (13, 19), (20, 34), (35, 49), (50, 64), (65, 79), (80, 104),
+    (2, 5),
+    (6, 12),
+    (13, 19),
+    (20, 34),
+    (35, 49),
+    (50, 64),
+    (65, 79),
+    (80, 104),
 )
-_AGE_BAND_WEIGHTS: Final[Mapping[str, tuple[float, ...]]] = MappingProxyType({
-    "pediatric": (0.20, 0.34, 0.26, 0.06, 0.08, 0.03, 0.02, 0.01),
-    "general": (0.03, 0.07, 0.08, 0.20, 0.22, 0.21, 0.15, 0.04),
-    "geriatric": (0.00, 0.01, 0.02, 0.06, 0.10, 0.23, 0.38, 0.20),
-})
+_AGE_BAND_WEIGHTS: Final[Mapping[str, tuple[float, ...]]] = MappingProxyType(
+    {
+        "pediatric": (0.20, 0.34, 0.26, 0.06, 0.08, 0.03, 0.02, 0.01),
+        "general": (0.03, 0.07, 0.08, 0.20, 0.22, 0.21, 0.15, 0.04),
+        "geriatric": (0.00, 0.01, 0.02, 0.06, 0.10, 0.23, 0.38, 0.20),
+    }
+)
 # The order in which archetypes are dealt to clinics 0, 1, 2, ... (rotated by a per-seed
 # phase). Dealing instead of drawing guarantees that any five consecutive clinics include
 # one pediatric and one geriatric practice, so every federation of five or more is
@@ -129,21 +122,23 @@ _MAX_PATIENTS: Final[int] = 5000
 #: parameters remain correlated within one federation). 1/sqrt(2) for the
 #: size makes clinics k and k+5 (which share an age mix) differ in size by about half the
 #: log-range, so no archetype is systematically the largest.
-_STRATA_STEPS: Final[Mapping[str, float]] = MappingProxyType({
-    "size": 0.707107,
-    "current_smoking": 0.190906,
-    "former_smoking": 0.390719,
-    "fluoridation": 0.219544,
-    "water_unknown": 0.456832,
-    "toothpaste": 0.734994,
-    "sugar": 0.362291,
-    "hygiene": 0.841444,
-    "visits": 0.575837,
-    "diabetes": 0.688578,
-    "female": 0.763055,
-    "research": 0.824228,
-    "statistics": 0.591663,
-})
+_STRATA_STEPS: Final[Mapping[str, float]] = MappingProxyType(
+    {
+        "size": 0.707107,
+        "current_smoking": 0.190906,
+        "former_smoking": 0.390719,
+        "fluoridation": 0.219544,
+        "water_unknown": 0.456832,
+        "toothpaste": 0.734994,
+        "sugar": 0.362291,
+        "hygiene": 0.841444,
+        "visits": 0.575837,
+        "diabetes": 0.688578,
+        "female": 0.763055,
+        "research": 0.824228,
+        "statistics": 0.591663,
+    }
+)
 _STRATA_JITTER: Final[float] = 0.03
 
 # --------------------------------------------------------------------------------------
@@ -153,40 +148,46 @@ _STRATA_JITTER: Final[float] = 0.03
 # --------------------------------------------------------------------------------------
 
 #: Log-odds coefficients of the untreated-caries model.
-CARIES_COEFFICIENTS: Final[Mapping[str, float]] = MappingProxyType({
-    "intercept_age_20_64": -0.2450,  # calibrated: 26% among adults 20-64
-    "age_6_19": -0.9166,  # calibrated: 13.3% among ages 6-19 (offset from adults)
-    "age_2_5": -1.1166,  # assumption: 0.2 below ages 6-19
-    "age_65_plus": -0.40,  # assumption: fewer teeth at risk, more restorations
-    "smoking_current": 1.05,
-    "smoking_former": 0.30,
-    "sugary_drinks_per_day": 0.30,
-    "sugary_snacks_per_day": 0.20,
-    "brushing_per_day": -0.45,
-    "flossing_days_per_week": -0.04,
-    "fluoride_toothpaste": -0.60,
-    "fluoridated_water_no": 0.35,
-    "dental_visits_per_year_capped_4": -0.40,
-    "diabetes": 0.35,
-})
+CARIES_COEFFICIENTS: Final[Mapping[str, float]] = MappingProxyType(
+    {
+        "intercept_age_20_64": -0.2450,  # calibrated: 26% among adults 20-64
+        "age_6_19": -0.9166,  # calibrated: 13.3% among ages 6-19 (offset from adults)
+        "age_2_5": -1.1166,  # assumption: 0.2 below ages 6-19
+        "age_65_plus": -0.40,  # assumption: fewer teeth at risk, more restorations
+        "smoking_current": 1.05,
+        "smoking_former": 0.30,
+        "sugary_drinks_per_day": 0.30,
+        "sugary_snacks_per_day": 0.20,
+        "brushing_per_day": -0.45,
+        "flossing_days_per_week": -0.04,
+        "fluoride_toothpaste": -0.60,
+        "fluoridated_water_no": 0.35,
+        "dental_visits_per_year_capped_4": -0.40,
+        "diabetes": 0.35,
+    }
+)
 
 #: Linear predictor of the cumulative-logit periodontitis model (higher = worse stage).
-PERIODONTITIS_COEFFICIENTS: Final[Mapping[str, float]] = MappingProxyType({
-    "age_decades_over_30": 0.45,
-    "smoking_current": 0.95,
-    "smoking_former": 0.35,
-    "diabetes": 0.65,
-    "sex_male": 0.30,
-    "flossing_days_per_week": -0.06,
-    "dental_visits_per_year_capped_4": -0.15,
-})
+PERIODONTITIS_COEFFICIENTS: Final[Mapping[str, float]] = MappingProxyType(
+    {
+        "age_decades_over_30": 0.45,
+        "smoking_current": 0.95,
+        "smoking_former": 0.35,
+        "diabetes": 0.65,
+        "sex_male": 0.30,
+        "flossing_days_per_week": -0.06,
+        "dental_visits_per_year_capped_4": -0.15,
+    }
+)
 
 #: Cut points: P(stage >= mild) = sigmoid(eta - mild), and so on (calibrated).
-PERIODONTITIS_THRESHOLDS: Final[Mapping[str, float]] = MappingProxyType({
-    "mild": 1.8122,  # calibrated: 42% any periodontitis among examined adults 30+
-    "moderate": 2.2242,  # calibrated: 34% moderate or severe (mild ~8%)
-    "severe": 4.3028,  # calibrated: 7.8% severe
-})
+PERIODONTITIS_THRESHOLDS: Final[Mapping[str, float]] = MappingProxyType(
+    {
+        "mild": 1.8122,  # calibrated: 42% any periodontitis among examined adults 30+
+        "moderate": 2.2242,  # calibrated: 34% moderate or severe (mild ~8%)
+        "severe": 4.3028,  # calibrated: 7.8% severe
+    }
+)
 
 _PERIO_EXAM_AGE: Final[int] = 30  # periodontal exam (CDC/AAP case definition) from 30
 _PERIO_NOT_EXAMINED: Final[float] = 0.10  # share of adults 30+ without a recorded exam
@@ -528,8 +529,16 @@ class _Cohort:
 
     def caries_logit(self) -> np.ndarray:
         return _caries_logit(
-            self.age, self.smoking, self.brushing, self.flossing, self.drinks, self.snacks,
-            self.toothpaste, self.water, self.visits, self.diabetes,
+            self.age,
+            self.smoking,
+            self.brushing,
+            self.flossing,
+            self.drinks,
+            self.snacks,
+            self.toothpaste,
+            self.water,
+            self.visits,
+            self.diabetes,
         )
 
     def perio_eta(self) -> np.ndarray:
@@ -554,8 +563,9 @@ def _sample_cohort(profile: ClinicProfile, rng: np.random.Generator) -> _Cohort:
     age = rng.integers(low, high + 1).astype(np.float64)
 
     other, unknown = 0.006, 0.012
-    sex = rng.choice(4, size=n, p=[p.female_share, 1.0 - p.female_share - other - unknown,
-                                   other, unknown])
+    sex = rng.choice(
+        4, size=n, p=[p.female_share, 1.0 - p.female_share - other - unknown, other, unknown]
+    )
     female = sex == 0
 
     # Smoking: none under 13, rising through the teens, lower after 65 (quitting, survival).
@@ -565,7 +575,8 @@ def _sample_cohort(profile: ClinicProfile, rng: np.random.Generator) -> _Cohort:
         p.current_smoking_rate * 0.55,
     )
     p_former = np.where(
-        age < 15, 0.0,
+        age < 15,
+        0.0,
         np.where(age < 20, 0.02, p.former_smoking_rate * np.clip(0.4 + (age - 20) / 50, 0.4, 1.6)),
     )
     u = rng.random(n)
@@ -583,10 +594,12 @@ def _sample_cohort(profile: ClinicProfile, rng: np.random.Generator) -> _Cohort:
     p_floss = _sigmoid(-1.1 + 1.0 * z + 0.3 * female - 0.8 * (age <= 5))
     flossing = rng.binomial(7, p_floss).astype(np.float64)
 
-    drink_age = _interp_by_age(age, ((2, 0.5), (8, 0.9), (16, 1.6), (25, 1.3), (45, 0.8),
-                                     (70, 0.45), (104, 0.4)))
-    snack_age = _interp_by_age(age, ((2, 1.6), (10, 2.0), (18, 1.6), (30, 1.2), (60, 1.0),
-                                     (104, 0.9)))
+    drink_age = _interp_by_age(
+        age, ((2, 0.5), (8, 0.9), (16, 1.6), (25, 1.3), (45, 0.8), (70, 0.45), (104, 0.4))
+    )
+    snack_age = _interp_by_age(
+        age, ((2, 1.6), (10, 2.0), (18, 1.6), (30, 1.2), (60, 1.0), (104, 0.9))
+    )
     lifestyle = np.exp(-0.25 * z + 0.15 * (smoking == 2))
     drinks = _gamma_half_steps(rng, drink_age * p.sugar_multiplier * lifestyle, shape=0.9)
     snacks = _gamma_half_steps(rng, snack_age * p.sugar_multiplier * lifestyle, shape=1.3)
@@ -603,8 +616,19 @@ def _sample_cohort(profile: ClinicProfile, rng: np.random.Generator) -> _Cohort:
     visit_mean = p.visit_rate * np.exp(0.35 * z + 0.1 * female) * np.where(age <= 5, 0.7, 1.0)
     visits = np.minimum(rng.poisson(visit_mean), 12).astype(np.float64)
 
-    bmi_median = _interp_by_age(age, ((2, 16.0), (6, 15.8), (12, 19.0), (19, 23.0), (35, 27.5),
-                                      (60, 29.0), (80, 27.0), (104, 25.0)))
+    bmi_median = _interp_by_age(
+        age,
+        (
+            (2, 16.0),
+            (6, 15.8),
+            (12, 19.0),
+            (19, 23.0),
+            (35, 27.5),
+            (60, 29.0),
+            (80, 27.0),
+            (104, 25.0),
+        ),
+    )
     bmi_spread = np.where(age < 20, 0.14, 0.19)
     bmi = bmi_median * np.exp(rng.normal(0.0, bmi_spread) + 0.02 * np.minimum(drinks, 5))
     bmi = np.clip(np.round(bmi, 1), 12.0, 70.0)
@@ -620,9 +644,20 @@ def _sample_cohort(profile: ClinicProfile, rng: np.random.Generator) -> _Cohort:
         3, size=n, p=[p.consent_care_only, p.consent_statistics, p.consent_research]
     )
     return _Cohort(
-        age=age, sex=sex, smoking=smoking, brushing=brushing, flossing=flossing,
-        drinks=drinks, snacks=snacks, toothpaste=toothpaste, water=water,
-        water_empty=water_empty, visits=visits, diabetes=diabetes, bmi=bmi, consent=consent,
+        age=age,
+        sex=sex,
+        smoking=smoking,
+        brushing=brushing,
+        flossing=flossing,
+        drinks=drinks,
+        snacks=snacks,
+        toothpaste=toothpaste,
+        water=water,
+        water_empty=water_empty,
+        visits=visits,
+        diabetes=diabetes,
+        bmi=bmi,
+        consent=consent,
     )
 
 
@@ -632,8 +667,18 @@ def _gamma_half_steps(rng: np.random.Generator, mean: np.ndarray, shape: float) 
     return np.clip(np.round(draws * 2) / 2, 0.0, 20.0)
 
 
-_DMFT_BY_AGE: Final = ((2, 0.0), (5, 0.05), (8, 0.4), (12, 1.2), (19, 3.0), (30, 8.0),
-                       (45, 13.0), (60, 17.0), (75, 21.0), (104, 24.0))
+_DMFT_BY_AGE: Final = (
+    (2, 0.0),
+    (5, 0.05),
+    (8, 0.4),
+    (12, 1.2),
+    (19, 3.0),
+    (30, 8.0),
+    (45, 13.0),
+    (60, 17.0),
+    (75, 21.0),
+    (104, 24.0),
+)
 _DMFT_RISK_CENTRE: Final[float] = -1.0  # typical habit log-odds; centres the risk multiplier
 
 
@@ -722,26 +767,28 @@ def _clean_rows(profile: ClinicProfile, seed: int) -> list[dict[str, str]]:
     for i in range(n):
         water = "" if cohort.water_empty[i] else _WATER[cohort.water[i]]
         visit = REFERENCE_DATE - timedelta(days=int(days_ago[i]))
-        rows.append({
-            "patient_ref": f"{prefix}-{numbers[i]:06d}",
-            "age_years": str(int(cohort.age[i])),
-            "sex": _SEX[cohort.sex[i]],
-            "smoking_status": _SMOKING[cohort.smoking[i]],
-            "brushing_per_day": _number(cohort.brushing[i]),
-            "flossing_days_per_week": str(int(cohort.flossing[i])),
-            "sugary_drinks_per_day": _number(cohort.drinks[i]),
-            "sugary_snacks_per_day": _number(cohort.snacks[i]),
-            "fluoride_toothpaste": _bool_cell(bool(cohort.toothpaste[i])),
-            "fluoridated_water": water,
-            "dental_visits_per_year": _number(cohort.visits[i]),
-            "diabetes": _bool_cell(bool(cohort.diabetes[i])),
-            "bmi": "" if bmi_missing[i] else f"{cohort.bmi[i]:.1f}",
-            "last_visit_date": "" if date_missing[i] else visit.isoformat(),
-            "dmft": str(int(dmft[i])),
-            "untreated_caries": _bool_cell(bool(caries[i])),
-            "periodontitis": "" if stage[i] < 0 else _PERIO[stage[i]],
-            "consent_tier": _CONSENT[cohort.consent[i]],
-        })
+        rows.append(
+            {
+                "patient_ref": f"{prefix}-{numbers[i]:06d}",
+                "age_years": str(int(cohort.age[i])),
+                "sex": _SEX[cohort.sex[i]],
+                "smoking_status": _SMOKING[cohort.smoking[i]],
+                "brushing_per_day": _number(cohort.brushing[i]),
+                "flossing_days_per_week": str(int(cohort.flossing[i])),
+                "sugary_drinks_per_day": _number(cohort.drinks[i]),
+                "sugary_snacks_per_day": _number(cohort.snacks[i]),
+                "fluoride_toothpaste": _bool_cell(bool(cohort.toothpaste[i])),
+                "fluoridated_water": water,
+                "dental_visits_per_year": _number(cohort.visits[i]),
+                "diabetes": _bool_cell(bool(cohort.diabetes[i])),
+                "bmi": "" if bmi_missing[i] else f"{cohort.bmi[i]:.1f}",
+                "last_visit_date": "" if date_missing[i] else visit.isoformat(),
+                "dmft": str(int(dmft[i])),
+                "untreated_caries": _bool_cell(bool(caries[i])),
+                "periodontitis": "" if stage[i] < 0 else _PERIO[stage[i]],
+                "consent_tier": _CONSENT[cohort.consent[i]],
+            }
+        )
     return rows
 
 
@@ -751,26 +798,44 @@ def _clean_rows(profile: ClinicProfile, seed: int) -> list[dict[str, str]]:
 
 _BAD_AGES: Final = ("150", "-1", "0", "1", "111", "999")
 _BAD_CATEGORIES: Final = (
-    ("sex", "woman"), ("sex", "x"), ("smoking_status", "sometimes"),
-    ("smoking_status", "social"), ("fluoridated_water", "partly"),
-    ("periodontitis", "stage-5"), ("periodontitis", "gingivitis"), ("consent_tier", "all"),
+    ("sex", "woman"),
+    ("sex", "x"),
+    ("smoking_status", "sometimes"),
+    ("smoking_status", "social"),
+    ("fluoridated_water", "partly"),
+    ("periodontitis", "stage-5"),
+    ("periodontitis", "gingivitis"),
+    ("consent_tier", "all"),
 )
 _BOOLEAN_COLUMNS: Final = ("fluoride_toothpaste", "diabetes", "untreated_caries")
 _BAD_BOOLEANS: Final = ("maybe", "2", "tru", "unsure", "-")
 _OUT_OF_RANGE: Final = (
-    ("brushing_per_day", "9"), ("brushing_per_day", "7.5"), ("flossing_days_per_week", "8"),
-    ("flossing_days_per_week", "-1"), ("sugary_drinks_per_day", "25"),
-    ("sugary_snacks_per_day", "21.5"), ("dental_visits_per_year", "13"),
-    ("dental_visits_per_year", "52"), ("bmi", "95.0"), ("bmi", "5.2"), ("dmft", "33"),
+    ("brushing_per_day", "9"),
+    ("brushing_per_day", "7.5"),
+    ("flossing_days_per_week", "8"),
+    ("flossing_days_per_week", "-1"),
+    ("sugary_drinks_per_day", "25"),
+    ("sugary_snacks_per_day", "21.5"),
+    ("dental_visits_per_year", "13"),
+    ("dental_visits_per_year", "52"),
+    ("bmi", "95.0"),
+    ("bmi", "5.2"),
+    ("dmft", "33"),
     ("dmft", "40"),
 )
 _NON_NUMERIC: Final = (
-    ("age_years", "twelve"), ("brushing_per_day", "two"), ("brushing_per_day", "1,5"),
-    ("flossing_days_per_week", "often"), ("sugary_drinks_per_day", "a few"),
-    ("sugary_drinks_per_day", "0,5"), ("sugary_snacks_per_day", "lots"),
-    ("dental_visits_per_year", "twice"), ("bmi", "heavy"), ("dmft", "many"),
+    ("age_years", "twelve"),
+    ("brushing_per_day", "two"),
+    ("brushing_per_day", "1,5"),
+    ("flossing_days_per_week", "often"),
+    ("sugary_drinks_per_day", "a few"),
+    ("sugary_drinks_per_day", "0,5"),
+    ("sugary_snacks_per_day", "lots"),
+    ("dental_visits_per_year", "twice"),
+    ("bmi", "heavy"),
+    ("dmft", "many"),
 )
-_EMPTY_REQUIRED: Final = tuple(c for c in _REQUIRED_COLUMNS if c != "patient_ref")
+_EMPTY_REQUIRED: Final = tuple(c for c in REQUIRED_COLUMNS if c != "patient_ref")
 _REF_BAD_SEPARATORS: Final = (" ", "#", "/", ".", "@", "é")
 
 
@@ -808,8 +873,12 @@ def _apply_fault(
         written = row["last_visit_date"] or (REFERENCE_DATE - timedelta(days=100)).isoformat()
         year, month, day = written.split("-")
         formats = (
-            f"{day}/{month}/{year}", f"{year}/{month}/{day}", f"{year}{month}{day}",
-            f"{year}-02-30", f"{year}-13-{day}", f"{int(month)}/{int(day)}/{year}",
+            f"{day}/{month}/{year}",
+            f"{year}/{month}/{day}",
+            f"{year}{month}{day}",
+            f"{year}-02-30",
+            f"{year}-13-{day}",
+            f"{int(month)}/{int(day)}/{year}",
         )
         row["last_visit_date"] = _pick(rng, formats)
     elif kind == "duplicate_patient_ref":
@@ -894,18 +963,11 @@ def write_federation(
 
 
 def _write_csv_atomically(destination: Path, rows: Iterable[Mapping[str, str]]) -> Path:
-    handle, temporary = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
-            writer = csv.DictWriter(stream, fieldnames=CONTRACT_COLUMNS, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, destination)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CONTRACT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomically(destination, buffer.getvalue())
     return destination
 
 
