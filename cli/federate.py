@@ -12,10 +12,11 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cli.output import UserError, console, print_json
+from cli.output import UserError, console, error_console, print_json
 from client.data import load_clinic_data, training_records
 from client.model import load_model
 from client.node import DEFAULT_EPSILON_CAP, ClinicNode
+from schemas import protocol
 from schemas.contract import PATIENT_REF_PATTERN
 from schemas.features import Task
 from schemas.importer import ImportResult, import_file, write_quarantine
@@ -55,6 +56,13 @@ def federate(
     clip_norm: Annotated[float, typer.Option(help="Per-sample gradient clipping norm C.")] = 1.0,
     strategy: Annotated[str, typer.Option(help="fedavg or fedprox.")] = "fedavg",
     proximal_mu: Annotated[float, typer.Option(help="FedProx μ.")] = 0.01,
+    dp_engine: Annotated[
+        str,
+        typer.Option(
+            help="DP-SGD engine: fast (default) or opacus (Opacus make_private, the slower "
+            "reference); the same mechanism, so the same ε."
+        ),
+    ] = protocol.DEFAULT_DP_ENGINE,
     min_clinics: Annotated[
         int, typer.Option(min=1, help="Stop if fewer clinics train in a round.")
     ] = 2,
@@ -108,6 +116,7 @@ def federate(
             seed=seed,
             min_clinics=min_clinics,
             task=task,
+            dp_engine=dp_engine,
             out_dir=out.resolve(),
         )
     except SettingsError as error:
@@ -126,7 +135,14 @@ def federate(
     if len(nodes) < min_clinics:
         raise UserError(f"{len(nodes)} clinic(s) found, fewer than --min-clinics {min_clinics}")
 
-    result = _run_with_progress(nodes, settings)
+    try:
+        result = _run_with_progress(nodes, settings)
+    except KeyboardInterrupt:  # the simulation's process group is already stopped
+        error_console.print(
+            "[bold red]interrupted[/]: the federation and every process it "
+            f"started have been stopped; partial results are in {out}"
+        )
+        raise typer.Exit(130) from None
     comparison = None
     model_path = out / GLOBAL_MODEL_FILE
     if result.status == "completed" and baselines:
@@ -276,6 +292,8 @@ def render_report(report: dict[str, Any]) -> None:
             row.get("accountant") or "-",
         )
     console.print(clinics)
+    if report.get("dp_engine"):
+        console.print(f"Trained with the {report['dp_engine']} DP-SGD engine")
     for row in report["clinics"]:
         for refusal in row["refusals"]:
             console.print(

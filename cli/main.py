@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import typer
 
-from cli import data, model, privacy, schema
+from cli import (
+    audit,
+    clinic_cmd,
+    data,
+    deploy,
+    federation_cmd,
+    insights,
+    model,
+    privacy,
+    schema,
+    server_cmd,
+)
 from cli.federate import federate
 from cli.output import UserError, fail
 from client.data import ClinicDataError
 from client.model import ModelFormatError
 from privacy.ledger import LedgerError
 from schemas.importer import ContractError
+from server.provisioning import ProvisioningError
 
 app = typer.Typer(
     name="oralfed",
@@ -21,10 +33,23 @@ app = typer.Typer(
 app.add_typer(data.app, name="data")
 app.add_typer(schema.app, name="schema")
 app.add_typer(privacy.app, name="privacy")
+app.add_typer(audit.app, name="audit")
 app.add_typer(model.app, name="model")
+app.add_typer(insights.app, name="insights")
 app.command(name="federate")(federate)
+app.add_typer(deploy.app, name="deploy")
+app.add_typer(server_cmd.app, name="server")
+app.add_typer(clinic_cmd.app, name="clinic")
+app.add_typer(federation_cmd.app, name="federation")
 
-USER_ERRORS = (UserError, ContractError, ClinicDataError, ModelFormatError, LedgerError)
+USER_ERRORS = (
+    ProvisioningError,
+    UserError,
+    ContractError,
+    ClinicDataError,
+    ModelFormatError,
+    LedgerError,
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,5 +58,3 @@ def main(argv: list[str] | None = None) -> None:
         app(args=argv)
     except USER_ERRORS as error:
         fail(str(error))
-    except KeyboardInterrupt:
-        fail("interrupted; every process this command started has been stopped", code=130)

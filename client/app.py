@@ -7,21 +7,23 @@ update can never leave the node without its cost on record.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.data import ClinicData, ClinicDataError, load_clinic_data
+from client.dp_engines import get_dp_engine
 from client.model import DEFAULT_HIDDEN_SIZES, build_model
 from client.node import ClinicNode, NodeConfigError, resolve_clinic_node
-from client.training import TrainingConfigError, evaluate, plan_dp_round, train_dp_opacus
+from client.query import handle_query
+from client.training import TrainingConfigError, evaluate, plan_dp_round
+from privacy.audit import DATA_IMPORTED
 from privacy.calibration import default_delta
 from privacy.ledger import Budget, BudgetExceeded, LedgerError, PrivacyLedger
 from schemas import protocol
 from schemas.features import Task
-from schemas.importer import ContractError
+from schemas.importer import ContractError, ImportResult
 
 Handler = Callable[[Message, ClinicNode], Message]
 
@@ -45,6 +47,7 @@ def make_client_app(manifest: list[ClinicNode] | None = None) -> ClientApp:
 
     app.train()(guarded(handle_train))
     app.evaluate()(guarded(handle_evaluate))
+    app.query()(guarded(handle_query))
     return app
 
 
@@ -56,8 +59,10 @@ def handle_train(msg: Message, node: ClinicNode) -> Message:
         Task(str(config.get(protocol.CFG_TASK, Task.UNTREATED_CARIES))),
     )
     server_round = int(config[protocol.CFG_ROUND])
+    engine = get_dp_engine(str(config.get(protocol.CFG_DP_ENGINE, protocol.DEFAULT_DP_ENGINE)))
     with PrivacyLedger.in_state_dir(node.state_dir) as ledger:
         budget = open_budget(ledger, node, data)
+        audit_import(ledger, node, data)
         target = float(config.get(protocol.CFG_TARGET_EPSILON, 0.0))
         sigma = float(config.get(protocol.CFG_NOISE_MULTIPLIER, 0.0))
         plan = plan_dp_round(
@@ -84,16 +89,12 @@ def handle_train(msg: Message, node: ClinicNode) -> Message:
             return refusal(msg, protocol.ERROR_BUDGET_EXCEEDED, node.clinic_id, str(error))
     model = build_model(_hidden_sizes(config))
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    seed = (
-        int(config.get(protocol.CFG_SEED, 0)) * 1_000_003
-        + server_round * 101
-        + _stable_hash(node.clinic_id)
-    )
-    loss = train_dp_opacus(model, data.x_train, data.y_train, plan, seed=seed)
+    # No seed: in production the batches and the noise come from a secret random seed.
+    trained = engine.train(model, data.x_train, data.y_train, plan)
     metrics = MetricRecord(
         {
             protocol.NUM_EXAMPLES: data.n_train,
-            protocol.TRAIN_LOSS: loss,
+            protocol.TRAIN_LOSS: trained.mean_loss,
             protocol.EPSILON_SPENT: charge.epsilon_after,
             protocol.EPSILON_CAP: budget.epsilon_cap,
             protocol.DELTA: budget.delta,
@@ -131,7 +132,7 @@ def handle_evaluate(msg: Message, node: ClinicNode) -> Message:
     return _reply(msg, node, budget, metrics)
 
 
-def open_budget(ledger: PrivacyLedger, node: ClinicNode, data: ClinicData) -> Budget:
+def open_budget(ledger: PrivacyLedger, node: ClinicNode, data: ClinicData | ImportResult) -> Budget:
     """Register the data set on first use; afterwards keep its δ unless the clinic sets one."""
     registered = {budget.dataset_id: budget for budget in ledger.datasets()}.get(node.dataset_id)
     if node.delta is not None:
@@ -141,6 +142,24 @@ def open_budget(ledger: PrivacyLedger, node: ClinicNode, data: ClinicData) -> Bu
     else:
         delta = default_delta(data.rows_read)
     return ledger.ensure_dataset(node.dataset_id, node.epsilon_cap, delta, node.accountant)
+
+
+def audit_import(ledger: PrivacyLedger, node: ClinicNode, data: ClinicData) -> None:
+    """Log the training file's import once per file fingerprint: counts only, never rows."""
+    if ledger.audit is not None:
+        ledger.audit.append_once(
+            DATA_IMPORTED,
+            {
+                "clinic_id": node.clinic_id,
+                "dataset_id": node.dataset_id,
+                "file_sha256": data.fingerprint,
+                "task": data.task.value,
+                "rows_read": data.rows_read,
+                "rows_rejected": data.rows_rejected,
+                "rows_train": data.n_train,
+                "rows_test": data.n_test,
+            },
+        )
 
 
 def refusal(msg: Message, code: int, clinic_id: str, reason: str) -> Message:
@@ -171,10 +190,6 @@ def _reply(
 def _hidden_sizes(config: ConfigRecord) -> tuple[int, ...]:
     sizes = config.get(protocol.CFG_HIDDEN_SIZES)
     return tuple(int(s) for s in sizes) if sizes else DEFAULT_HIDDEN_SIZES
-
-
-def _stable_hash(text: str) -> int:
-    return zlib.crc32(text.encode("utf-8"))
 
 
 app = make_client_app()

@@ -104,9 +104,10 @@ def train_dp_opacus(
     y: np.ndarray,
     plan: DpRoundPlan,
     seed: int,
-) -> float:
+) -> tuple[float, int]:
     """Run ``plan`` with Opacus's ``make_private`` (Poisson sampling, per-sample clipping,
-    Gaussian noise); returns the mean training loss. Updates ``model`` in place."""
+    Gaussian noise): the reference DP engine. Returns the mean training loss per sampled
+    example and the number of noisy steps taken. Updates ``model`` in place."""
     torch.manual_seed(seed)
     model.train()  # Opacus refuses a module in eval mode
     global_weights = [p.detach().clone() for p in model.parameters()]
@@ -125,20 +126,23 @@ def train_dp_opacus(
         poisson_sampling=True,
     )
     criterion = nn.BCEWithLogitsLoss()
-    losses: list[float] = []
+    loss_sum, examples, steps = 0.0, 0, 0
     private_model.train()
     for _ in range(plan.local_epochs):
         for features, labels in private_loader:
             private_optimizer.zero_grad()
-            if len(labels) == 0:  # a Poisson batch may be empty; it still counts as a step
-                continue
+            # An empty Poisson batch still takes its noise-only step (Opacus supports it;
+            # its mean loss is NaN but has no per-sample gradients): the accountant counted it.
             loss = criterion(private_model(features), labels)
             loss.backward()
             private_optimizer.step()
             apply_proximal_step(model, global_weights, plan.learning_rate, plan.proximal_mu)
-            losses.append(float(loss.detach()))
+            steps += 1
+            if len(labels):
+                loss_sum += float(loss.detach()) * len(labels)
+                examples += len(labels)
     private_model.remove_hooks()
-    return float(np.mean(losses)) if losses else float("nan")
+    return (loss_sum / examples if examples else float("nan")), steps
 
 
 def apply_proximal_step(

@@ -10,6 +10,11 @@ paid for.
 ε is never cached or summed per round: composition theorems make the ε of a history smaller
 than the sum of its parts, and only a recomputation from the stored mechanisms can be
 checked by an auditor.
+
+Every registration, cap change, charge and refused charge is also appended to the clinic's
+signed audit log (:mod:`privacy.audit`) inside the same transaction, so the ledger and its
+audit trail cannot disagree. A refused charge changes no ledger row but does commit its
+audit entry: the refusal itself is part of the record.
 """
 
 from __future__ import annotations
@@ -23,17 +28,21 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import URL, Connection, Engine, create_engine, event, select
 from sqlalchemy.orm import Session
 
+from privacy import audit
 from privacy.accountants import ACCOUNTANTS, DEFAULT_ACCOUNTANT, get_accountant
 from privacy.events import (
     DpSgdEvent,
     PrivacyEvent,
     event_from_dict,
+    event_to_dict,
     mechanism_name,
     repetitions,
 )
+from privacy.keys import load_or_create_signing_key
 from privacy.ledger_models import Base, BudgetChange, LedgerCharge, LedgerDataset
 
 # Execution option marking connections whose transactions must take the write lock at BEGIN.
@@ -124,9 +133,12 @@ class PrivacyLedger:
     """Budgets and charge history of a clinic's data sets, in any SQLAlchemy database.
 
     Usable as a context manager; :meth:`close` releases the database connections.
+    With ``signing_key`` (always, via :meth:`in_state_dir`) every change is also appended to
+    the audit log in the same database; without one (planning tools, tests of the ledger
+    alone) nothing is audited.
     """
 
-    def __init__(self, url: str | URL) -> None:
+    def __init__(self, url: str | URL, signing_key: Ed25519PrivateKey | None = None) -> None:
         engine = create_engine(url)
         if engine.dialect.name == "sqlite":
             _configure_sqlite(engine)
@@ -135,12 +147,19 @@ class PrivacyLedger:
         # _configure_sqlite); PostgreSQL gets the equivalent from SELECT ... FOR UPDATE.
         self._locking_engine = engine.execution_options(**{_WRITE_LOCK: True})
         Base.metadata.create_all(self._locking_engine)
+        self.audit = (
+            None if signing_key is None else audit.AuditLog(self._locking_engine, signing_key)
+        )
 
     @classmethod
     def in_state_dir(cls, state_dir: Path) -> Self:
-        """The ledger of a clinic node: ``<state_dir>/ledger.db``, created if missing."""
+        """The ledger of a clinic node: ``<state_dir>/ledger.db``, created if missing, audited
+        with the node's signing key (created on first use, see :mod:`privacy.keys`)."""
         state_dir.mkdir(parents=True, exist_ok=True)
-        return cls(URL.create("sqlite", database=str(state_dir / "ledger.db")))
+        return cls(
+            URL.create("sqlite", database=str(state_dir / "ledger.db")),
+            signing_key=load_or_create_signing_key(state_dir),
+        )
 
     def close(self) -> None:
         self._engine.dispose()
@@ -195,6 +214,17 @@ class PrivacyLedger:
                         reason=reason or "registered",
                     )
                 )
+                self._audit(
+                    session,
+                    audit.DATASET_REGISTERED,
+                    {
+                        "dataset_id": dataset_id,
+                        "epsilon_cap": epsilon_cap,
+                        "delta": delta,
+                        "accountant": accountant,
+                        "reason": reason or "registered",
+                    },
+                )
                 return _budget(row, [])
             history = _history_events(session, dataset_id)
             if history and (row.delta, row.accountant) != (delta, accountant):
@@ -213,6 +243,16 @@ class PrivacyLedger:
                         new_cap=epsilon_cap,
                         reason=reason,
                     )
+                )
+                self._audit(
+                    session,
+                    audit.BUDGET_CHANGED,
+                    {
+                        "dataset_id": dataset_id,
+                        "old_cap": row.epsilon_cap,
+                        "new_cap": epsilon_cap,
+                        "reason": reason,
+                    },
                 )
                 row.epsilon_cap = epsilon_cap
         return _budget(row, history)
@@ -277,7 +317,6 @@ class PrivacyLedger:
         charge is committed. The lock is held while ε is recomputed, so a concurrent
         charge waits and then sees this one in the history.
         """
-        mechanism = mechanism_name(event)
         with self._transaction(lock=True) as session:
             row = _lock_dataset(session, dataset_id)
             if row is None:
@@ -285,8 +324,18 @@ class PrivacyLedger:
             history = _history_events(session, dataset_id)
             accountant = get_accountant(row.accountant)
             epsilon_after = accountant.epsilon([*history, event], row.delta)
+            audited = {
+                "dataset_id": dataset_id,
+                "run_id": run_id,
+                "round": round,
+                **event_to_dict(event),
+                "delta": row.delta,
+                "accountant": row.accountant,
+                "epsilon_cap": row.epsilon_cap,
+            }
+            refused: BudgetExceeded | None = None
             if epsilon_after > row.epsilon_cap:
-                raise BudgetExceeded(
+                refused = BudgetExceeded(
                     dataset_id,
                     spent=accountant.epsilon(history, row.delta),
                     would_spend=epsilon_after,
@@ -294,23 +343,50 @@ class PrivacyLedger:
                     delta=row.delta,
                     accountant=row.accountant,
                 )
-            charge = LedgerCharge(
-                dataset_id=dataset_id,
-                run_id=run_id,
-                round=round,
-                mechanism=mechanism,
-                noise_multiplier=event.noise_multiplier,
-                sample_rate=event.sample_rate if isinstance(event, DpSgdEvent) else None,
-                steps=repetitions(event),
-                delta=row.delta,
-                epsilon_after=epsilon_after,
-                data_fingerprint=data_fingerprint,
-                note=note,
-            )
-            session.add(charge)
-            session.flush()  # assigns id and defaults before the record is built
-            record = _charge_record(charge)
+                self._audit(
+                    session,
+                    audit.LEDGER_REFUSED,
+                    audited | {"epsilon_before": refused.spent, "epsilon_would_be": epsilon_after},
+                )
+            else:
+                epsilon_before = _last_receipt(session, dataset_id)
+                charge = LedgerCharge(
+                    dataset_id=dataset_id,
+                    run_id=run_id,
+                    round=round,
+                    mechanism=mechanism_name(event),
+                    noise_multiplier=event.noise_multiplier,
+                    sample_rate=event.sample_rate if isinstance(event, DpSgdEvent) else None,
+                    steps=repetitions(event),
+                    delta=row.delta,
+                    epsilon_after=epsilon_after,
+                    data_fingerprint=data_fingerprint,
+                    note=note,
+                )
+                session.add(charge)
+                session.flush()  # assigns id and defaults before the record is built
+                record = _charge_record(charge)
+                self._audit(
+                    session,
+                    audit.LEDGER_CHARGE,
+                    audited
+                    | {
+                        "charge_id": record.id,
+                        "epsilon_before": epsilon_before,
+                        "epsilon_after": epsilon_after,
+                        "data_fingerprint": data_fingerprint,
+                    },
+                )
+        # Raised only now, after the transaction has committed the refusal's audit entry
+        # (and no ledger row): the refusal itself is part of the record.
+        if refused is not None:
+            raise refused
         return record
+
+    def _audit(self, session: Session, kind: str, payload: dict[str, Any]) -> None:
+        """Append to the audit log inside ``session``'s transaction (if this ledger audits)."""
+        if self.audit is not None:
+            self.audit.append(kind, payload, session=session)
 
     def spent(self, dataset_id: str, accountant: str | None = None) -> float:
         """ε of the data set's whole history, recomputed now.
@@ -414,6 +490,20 @@ def _history_rows(session: Session, dataset_id: str) -> Sequence[LedgerCharge]:
 
 def _history_events(session: Session, dataset_id: str) -> list[PrivacyEvent]:
     return [_event_of(row) for row in _history_rows(session, dataset_id)]
+
+
+def _last_receipt(session: Session, dataset_id: str) -> float:
+    """ε recorded by the data set's latest charge (0 if none): the audit's "ε before".
+
+    A receipt, not an input to any decision: the cap check always recomputes.
+    """
+    receipt = session.scalar(
+        select(LedgerCharge.epsilon_after)
+        .where(LedgerCharge.dataset_id == dataset_id)
+        .order_by(LedgerCharge.id.desc())
+        .limit(1)
+    )
+    return 0.0 if receipt is None else float(receipt)
 
 
 def _event_of(row: LedgerCharge) -> PrivacyEvent:

@@ -33,6 +33,9 @@ CFG_PROXIMAL_MU: Final = "proximal-mu"  # set by Flower's FedProx
 CFG_TASK: Final = "task"
 CFG_SEED: Final = "seed"
 CFG_HIDDEN_SIZES: Final = "hidden-sizes"
+CFG_DP_ENGINE: Final = "dp-engine"  # which DP-SGD engine trains (client/dp_engines.py)
+DP_ENGINES: Final = ("fast", "opacus")  # same mechanism and charge; fast is Opacus's, vectorised
+DEFAULT_DP_ENGINE: Final = "fast"
 
 # --- Reply records ---------------------------------------------------------------------------
 REPLY_ARRAYS: Final = "arrays"
@@ -58,3 +61,11 @@ ACCOUNTANT: Final = "accountant"
 ERROR_BUDGET_EXCEEDED: Final = 4201
 ERROR_DATA_REFUSED: Final = 4202
 ERROR_CLINIC_FAILURE: Final = 4299
+
+# --- Aggregate-insight queries (client/query.py, server/insights.py) -------------------------
+QUERY_SPEC: Final = "query-spec"  # the QuerySpec as JSON
+QUERY_CLINIC_MIN_RECORDS: Final = "clinic-min-records"
+QUERY_NOISY_COUNTS: Final = "noisy-counts"  # one per cell
+QUERY_COUNT_NOISE_SD: Final = "count-noise-sd"
+QUERY_NOISY_STATISTIC: Final = "noisy-statistic"  # per cell (x bins), flattened
+QUERY_STATISTIC_NOISE_SD: Final = "statistic-noise-sd"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,12 +12,15 @@ from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from client.model import RiskModel, build_model, save_model
+from privacy import audit
+from privacy.keys import load_or_create_signing_key
 from server.coordinator_db import CoordinatorStore
 from server.history import FederationHistory, RoundRecord
 from server.settings import FederationSettings
 from server.strategy import RoundCallback, make_strategy
 
 GLOBAL_MODEL_FILE = "global_model.pt"
+COORDINATOR_URL_ENV = "ORALFED_COORDINATOR_URL"
 HISTORY_FILE = "history.json"
 
 
@@ -42,9 +46,17 @@ def run_federation_rounds(
     halted half-way still reports what happened."""
     store = _open_store(settings)
     store.start_run(outcome.run_id, settings.public_dict())
+    # The coordinator's signed log of runs, rounds and participants (see privacy.audit).
+    audit_log = audit.AuditLog(
+        store.engine, load_or_create_signing_key(_coordinator_state_dir(settings))
+    )
+    audit_log.append(
+        audit.RUN_STARTED, {"run_id": outcome.run_id, "settings": settings.public_dict()}
+    )
 
     def round_ended(record: RoundRecord) -> None:
         store.record_round(outcome.run_id, record)
+        audit_log.append(audit.ROUND_COMPLETED, {"run_id": outcome.run_id, **record.summary()})
         _write_history(settings, outcome.history)
         if on_round_end is not None:
             on_round_end(record)
@@ -72,15 +84,27 @@ def run_federation_rounds(
         store.finish_run(outcome.run_id, outcome.status, outcome.message)
         raise
     finally:
+        audit_log.append(
+            audit.RUN_FINISHED,
+            {"run_id": outcome.run_id, "status": outcome.status, "message": outcome.message},
+        )
         store.close()
     return outcome
 
 
 def _open_store(settings: FederationSettings) -> CoordinatorStore:
-    if settings.coordinator_url:
-        return CoordinatorStore(settings.coordinator_url)
-    base = settings.out_dir if settings.out_dir is not None else Path(".oralfed")
-    return CoordinatorStore.sqlite_file(base / "coordinator.db")
+    """The run's coordinator database: the run config's URL, else the one the coordinator
+    was started with (``ORALFED_COORDINATOR_URL``, inherited from the SuperLink), else
+    SQLite beside the run."""
+    url = settings.coordinator_url or os.environ.get(COORDINATOR_URL_ENV)
+    if url:
+        return CoordinatorStore(url)
+    return CoordinatorStore.sqlite_file(_coordinator_state_dir(settings) / "coordinator.db")
+
+
+def _coordinator_state_dir(settings: FederationSettings) -> Path:
+    """Where the coordinator keeps its database (unless given a URL) and audit signing key."""
+    return settings.out_dir if settings.out_dir is not None else Path(".oralfed")
 
 
 def _write_history(settings: FederationSettings, history: FederationHistory) -> None:

@@ -12,7 +12,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, create_engine, select
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    inspect,
+    select,
+)
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from server.history import RoundRecord
@@ -60,12 +74,24 @@ class ClinicResultRow(Base):
     reason: Mapped[str | None] = mapped_column(Text)
 
 
+class QueryRow(Base):
+    """An aggregate-insight query and the answer given (server/insights.py)."""
+
+    __tablename__ = "coordinator_queries"
+
+    query_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    asked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    requester: Mapped[str | None] = mapped_column(String(128), index=True)
+    epsilon: Mapped[float] = mapped_column(Float)
+    answer: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
 class CoordinatorStore:
     """Durable run records; every method commits before it returns."""
 
     def __init__(self, url: str) -> None:
         self.engine = create_engine(url)
-        Base.metadata.create_all(self.engine)
+        upgrade_schema(self.engine)
 
     @classmethod
     def sqlite_file(cls, path: Path) -> CoordinatorStore:
@@ -108,8 +134,49 @@ class CoordinatorStore:
             query = select(RoundRow).where(RoundRow.run_id == run_id).order_by(RoundRow.round)
             return list(session.scalars(query))
 
+    def record_query(self, query_id: str, requester: str | None, answer: dict[str, Any]) -> None:
+        epsilon = float(answer["query"]["epsilon"])
+        with Session(self.engine) as session, session.begin():
+            session.add(
+                QueryRow(
+                    query_id=query_id,
+                    requester=requester,
+                    epsilon=epsilon,
+                    answer=json.loads(_json_safe(answer)),
+                )
+            )
+
+    def queries(self, requester: str | None = None) -> list[QueryRow]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            query = select(QueryRow).order_by(QueryRow.asked_at)
+            if requester is not None:
+                query = query.where(QueryRow.requester == requester)
+            return list(session.scalars(query))
+
     def close(self) -> None:
         self.engine.dispose()
+
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+FIRST_REVISION = "0001"
+
+
+def upgrade_schema(engine: Engine) -> None:
+    """Bring the database to the newest schema with the Alembic migrations in
+    ``server/migrations`` (never ``create_all``: a coordinator database outlives releases).
+
+    A database made by ``create_all`` before migrations existed is stamped at the first
+    revision and upgraded from there. No ini file is read here (Flower's app bundles carry
+    only ``.py``/``.toml`` files); ``alembic.ini`` beside the migrations is for operators.
+    """
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        tables = set(inspect(connection).get_table_names())
+        if RunRow.__tablename__ in tables and "alembic_version" not in tables:
+            command.stamp(config, FIRST_REVISION)
+        command.upgrade(config, "head")
 
 
 def _json_safe(value: Any) -> str:

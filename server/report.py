@@ -71,6 +71,8 @@ def build_report(
         "status": status,
         "message": message,
         "settings": settings,
+        # Every clinic trains with the engine its train config names, or refuses the round.
+        "dp_engine": settings.get("dp_engine"),
         "clinics": clinics,
         "rounds": rounds,
     }

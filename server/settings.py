@@ -38,6 +38,7 @@ class FederationSettings:
     round_timeout: float = 600.0
     task: Task = Task.UNTREATED_CARIES
     hidden_sizes: tuple[int, ...] = DEFAULT_HIDDEN_SIZES
+    dp_engine: str = protocol.DEFAULT_DP_ENGINE  # same mechanism and ε either way; see --dp-engine
     out_dir: Path | None = None
     coordinator_url: str | None = None
 
@@ -64,6 +65,11 @@ class FederationSettings:
             raise SettingsError(f"--min-clinics must be at least 1, got {self.min_clinics}")
         if self.proximal_mu < 0:
             raise SettingsError(f"--proximal-mu must not be negative, got {self.proximal_mu}")
+        if self.dp_engine not in protocol.DP_ENGINES:
+            raise SettingsError(
+                f"--dp-engine must be one of {', '.join(protocol.DP_ENGINES)}, "
+                f"got {self.dp_engine!r}"
+            )
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> FederationSettings:
@@ -85,6 +91,7 @@ class FederationSettings:
             min_clinics=int(run_config.get("min-clinics", cls.min_clinics)),
             round_timeout=float(run_config.get("round-timeout", cls.round_timeout)),
             task=Task(str(run_config.get("task", Task.UNTREATED_CARIES))),
+            dp_engine=str(run_config.get("dp-engine", cls.dp_engine)),
             out_dir=Path(str(out_dir)) if out_dir else None,
             coordinator_url=run_config.get("coordinator-url") or None,  # type: ignore[arg-type]
         )
@@ -115,6 +122,7 @@ class FederationSettings:
                 protocol.CFG_TASK: self.task.value,
                 protocol.CFG_SEED: self.seed,
                 protocol.CFG_HIDDEN_SIZES: list(self.hidden_sizes),
+                protocol.CFG_DP_ENGINE: self.dp_engine,
             }
         )
 

@@ -27,6 +27,8 @@ SPEC_FILE = "simulation-spec.json"
 OUTCOME_FILE = "outcome.json"
 LOG_FILE = "federation.log"
 STOP_GRACE_SECONDS = 10.0
+FEDERATION_APP = "federation"
+QUERY_APP = "query"
 
 EventCallback = Callable[[dict[str, Any]], None]
 
@@ -44,10 +46,16 @@ def launch_simulation(
     settings_json: dict[str, Any],
     out_dir: Path,
     on_event: EventCallback | None = None,
+    app: str = FEDERATION_APP,
 ) -> SimulationResult:
-    """Run the federation in a child process and wait for it; always reaps the process group."""
+    """Run the federation in a child process and wait for it; always reaps the process group.
+
+    ``app`` picks the child's ServerApp: the training federation (``settings_json`` is a
+    ``FederationSettings.public_dict()``) or one insight query (``QUERY_APP``, a
+    ``server.insights.QuerySettings.public_dict()``; the answer arrives as an ``answer`` event).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    spec = {"clinics": [c.to_config() for c in clinics], "settings": settings_json}
+    spec = {"app": app, "clinics": [c.to_config() for c in clinics], "settings": settings_json}
     (out_dir / SPEC_FILE).write_text(json.dumps(spec, indent=2))
     read_fd, write_fd = os.pipe()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_DEDUP_LOGS": "0", "PYTHONUNBUFFERED": "1"}
@@ -112,23 +120,33 @@ def _run_child(out_dir: Path, events_fd: int) -> int:
     from flwr.simulation import run_simulation
 
     from client.app import make_client_app
-    from server.app import FederationOutcome, make_server_app
+    from server.app import make_server_app
+    from server.insights import QuerySettings, make_query_server_app
     from server.settings import FederationSettings
 
     torch.set_num_threads(1)
     logging.getLogger("flwr").setLevel(logging.INFO)
     spec = json.loads((out_dir / SPEC_FILE).read_text())
     clinics = [ClinicNode.from_config(entry) for entry in spec["clinics"]]
-    settings = FederationSettings.from_public_dict(spec["settings"])
     events = os.fdopen(events_fd, "w", encoding="utf-8", buffering=1)
 
     def emit(payload: dict[str, Any]) -> None:
         events.write(json.dumps(payload, default=str) + "\n")
 
-    outcomes: list[FederationOutcome] = []
-    server_app = make_server_app(
-        settings, outcomes, lambda record: emit({"event": "round", "summary": record.summary()})
-    )
+    outcomes: list[Any] = []  # FederationOutcome or QueryOutcome: run_id, status, message
+    if spec.get("app") == QUERY_APP:
+        server_app = make_query_server_app(
+            QuerySettings(**spec["settings"]),
+            outcomes,
+            lambda answer: emit({"event": "answer", "answer": answer.to_dict()}),
+        )
+    else:
+        settings = FederationSettings.from_public_dict(spec["settings"])
+        server_app = make_server_app(
+            settings,
+            outcomes,
+            lambda record: emit({"event": "round", "summary": record.summary()}),
+        )
     status, message = "failed", None
     try:
         run_simulation(

@@ -7,36 +7,99 @@ a clear reason when fewer clinics than agreed took part.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import cast
 
-from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx
 
 from client.model import build_model, save_model
-from server.history import ClinicResult, FederationHistory, RoundRecord
+from server.history import ClinicResult, FederationHistory, Phase, RoundRecord
 from server.settings import FederationSettings
 
 RoundCallback = Callable[[RoundRecord], None]
+NODE_POLL_SECONDS = 1.0
+NO_REPLY = "no reply before the round timeout: the node dropped out or did not finish in time"
 
 
 class FederationHalted(RuntimeError):
     """Too few clinics took part in a round to go on; the message names who refused and why."""
 
 
+class _ConnectedNodes:
+    """A view of the grid that offers Flower's sampler exactly the nodes connected now.
+
+    Flower's ``sample_nodes`` waits *forever* for ``min_available_nodes``; a deployed clinic
+    that dies would hang the next round. We wait for the minimum ourselves, bounded by the
+    round timeout, and then let Flower sample from this fixed snapshot, which never waits.
+    """
+
+    def __init__(self, node_ids: list[int]) -> None:
+        self.node_ids = node_ids
+
+    def get_node_ids(self) -> list[int]:
+        return self.node_ids
+
+
 class RecordingMixin:
-    """Records each reply in a :class:`FederationHistory` before Flower aggregates."""
+    """Records each reply in a :class:`FederationHistory` before Flower aggregates, samples
+    only connected nodes, and names the clinics whose reply never came (dropouts)."""
 
     history: FederationHistory
     settings: FederationSettings
     on_round_end: RoundCallback | None
+    clinic_of_node: dict[int, str]
+    sampled: dict[tuple[int, str], list[int]]
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        nodes = self._connected_nodes(server_round, grid)
+        self.sampled[(server_round, "train")] = nodes.node_ids
+        return super().configure_train(server_round, arrays, config, cast(Grid, nodes))  # type: ignore[misc]
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        nodes = self._connected_nodes(server_round, grid)
+        self.sampled[(server_round, "evaluate")] = nodes.node_ids
+        return super().configure_evaluate(server_round, arrays, config, cast(Grid, nodes))  # type: ignore[misc]
+
+    def _connected_nodes(self, server_round: int, grid: Grid) -> _ConnectedNodes:
+        deadline = time.monotonic() + self.settings.round_timeout
+        while len(node_ids := list(grid.get_node_ids())) < self.settings.min_clinics:
+            if time.monotonic() >= deadline:
+                raise FederationHalted(
+                    f"round {server_round}: only {len(node_ids)} clinic node(s) connected after "
+                    f"waiting {self.settings.round_timeout:.0f} s, fewer than the minimum of "
+                    f"{self.settings.min_clinics}"
+                )
+            time.sleep(NODE_POLL_SECONDS)
+        return _ConnectedNodes(node_ids)
+
+    def _record_replies(
+        self, server_round: int, phase: Phase, replies: list[Message]
+    ) -> RoundRecord:
+        record = self.history.round(server_round)
+        for msg in replies:
+            result = ClinicResult.from_reply(msg, phase)
+            self.clinic_of_node[msg.metadata.src_node_id] = result.clinic_id
+            record.results.append(result)
+        answered = {msg.metadata.src_node_id for msg in replies}
+        for node_id in self.sampled.pop((server_round, phase), []):
+            if node_id not in answered:
+                clinic = self.clinic_of_node.get(node_id, f"node-{node_id}")
+                record.results.append(ClinicResult(clinic, phase, "failed", reason=NO_REPLY))
+        return record
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
-        record = self.history.round(server_round)
-        record.results.extend(ClinicResult.from_reply(msg, "train") for msg in replies)
+        record = self._record_replies(server_round, "train", replies)
         trained = record.of("train", "ok")
         if len(trained) < self.settings.min_clinics:
             absent = [
@@ -58,8 +121,7 @@ class RecordingMixin:
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         replies = list(replies)
-        record = self.history.round(server_round)
-        record.results.extend(ClinicResult.from_reply(msg, "evaluate") for msg in replies)
+        record = self._record_replies(server_round, "evaluate", replies)
         metrics = super().aggregate_evaluate(server_round, replies)  # type: ignore[misc]
         if self.on_round_end is not None:
             self.on_round_end(record)
@@ -99,4 +161,5 @@ def make_strategy(
     else:
         strategy = RecordingFedAvg(**common)
     strategy.history, strategy.settings, strategy.on_round_end = history, settings, on_round_end
+    strategy.clinic_of_node, strategy.sampled = {}, {}
     return strategy

@@ -8,6 +8,7 @@ refuse while the others carry on.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -153,4 +154,35 @@ def test_too_few_clinics_stops_with_a_clear_message(federation: dict[str, Any]) 
     assert result.returncode == 2
     assert "the federation stopped" in result.stderr and "clinic-01" in result.stderr
     assert "Traceback" not in result.stderr
+    assert ray_processes() == []
+
+
+def test_ctrl_c_stops_the_federation_and_every_process(tmp_path: Path) -> None:
+    oralfed("data", "synth", "--out", tmp_path / "data", "--clinics", "2", "--seed", "5")
+    command = [
+        *ORALFED,
+        "federate",
+        "--data",
+        str(tmp_path / "data"),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--out",
+        str(tmp_path / "run"),
+        "--rounds",
+        "50",
+        "--strategy",
+        "fedprox",  # also shows that FedProx rounds run end to end
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.startswith("round 1:"):
+                break
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert "interrupted" in stderr and "Traceback" not in stderr
     assert ray_processes() == []

@@ -1,0 +1,67 @@
+"""``oralfed clinic``: run a clinic's node (a Flower SuperNode) from its startup kit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.output import UserError, console
+from client.node import DEFAULT_EPSILON_CAP
+from client.supernode import (
+    DEFAULT_NODE_PORT,
+    SuperNodeOptions,
+    check_clinic_data,
+    start_supernode,
+)
+from server.provisioning import ClinicKit
+from server.superlink import supervise
+
+app = typer.Typer(help="Run a clinic node.", no_args_is_help=True)
+
+
+@app.command()
+def start(
+    kit: Annotated[Path, typer.Option(help="The clinic's startup kit folder.")],
+    data: Annotated[Path, typer.Option(help="The clinic's contract file (CSV or Parquet).")],
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(help="Ledger and node state (default: the kit's state folder)."),
+    ] = None,
+    superlink: Annotated[
+        str | None, typer.Option(help="Coordinator host:port (default: the kit's).")
+    ] = None,
+    port: Annotated[
+        int, typer.Option(help="The node's local runtime port (distinct per node on a host).")
+    ] = DEFAULT_NODE_PORT,
+    epsilon_cap: Annotated[
+        float, typer.Option(help="Lifetime ε cap of a new ledger.")
+    ] = DEFAULT_EPSILON_CAP,
+) -> None:
+    """Validate DATA against the contract, then connect to the coordinator over TLS with
+    the kit's key. Refuses to start on a file that fails the contract."""
+    if not data.is_file():
+        raise UserError(f"--data {data}: no such file")
+    if not epsilon_cap > 0:
+        raise UserError(f"--epsilon-cap must be positive, got {epsilon_cap}")
+    clinic_kit = ClinicKit.load(kit)
+    options = SuperNodeOptions(kit, data, state_dir, superlink, port, epsilon_cap)
+    node = options.clinic_node(clinic_kit)
+    checked = check_clinic_data(node)
+    console.print(
+        f"{data}: {checked.rows_read} rows read, {checked.rows_rejected} rejected; "
+        f"{checked.n_train} training and {checked.n_test} test research-tier rows"
+    )
+    process = start_supernode(options, clinic_kit, node)
+    address = options.superlink or clinic_kit.superlink
+    console.print(
+        f"Clinic node [bold]{node.clinic_id}[/] started for {address} (TLS, node key "
+        f"{clinic_kit.private_key(kit)}); log {node.state_dir / 'supernode.log'}"
+    )
+    code = supervise(process, node.state_dir / "supernode.pid")
+    if code:
+        raise UserError(
+            f"the clinic node exited with code {code}; see {node.state_dir / 'supernode.log'} "
+            "('Failed to activate SuperNode': this kit's key is not registered or was removed)"
+        )

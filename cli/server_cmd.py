@@ -1,0 +1,84 @@
+"""``oralfed server``: run the coordinator (a Flower SuperLink with TLS and node auth)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from sqlalchemy.exc import SQLAlchemyError
+
+from cli.deploy import DEFAULT_FEDERATION_DIR, FederationDir
+from cli.output import UserError, console, error_console
+from server.app import COORDINATOR_URL_ENV
+from server.coordinator_db import CoordinatorStore
+from server.provisioning import FederationConfig, register_pending
+from server.superlink import (
+    SUPERLINK_LOG,
+    SuperLinkOptions,
+    start_superlink,
+    stop_process_group,
+    supervise,
+    wait_until_ready,
+)
+
+app = typer.Typer(help="Run the coordinator.", no_args_is_help=True)
+
+
+@app.command()
+def start(
+    federation_dir: FederationDir = DEFAULT_FEDERATION_DIR,
+    state_dir: Annotated[
+        Path, typer.Option(help="SuperLink database, logs and coordinator database.")
+    ] = Path(".oralfed/coordinator"),
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (the port is the federation's).")
+    ] = "0.0.0.0",
+    coordinator_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar=COORDINATOR_URL_ENV,
+            help="Coordinator database (SQLAlchemy URL, e.g. postgresql+psycopg://…): its "
+            "schema is upgraded now and runs record into it (default: SQLite per run).",
+        ),
+    ] = None,
+    dev: Annotated[bool, typer.Option(help="Development mode: allows --insecure.")] = False,
+    insecure: Annotated[
+        bool, typer.Option(help="Plaintext, no node auth (only with --dev; never in production).")
+    ] = False,
+) -> None:
+    """Start the SuperLink in the foreground; pending clinic keys are registered once it
+    listens. Stop it with Ctrl-C or SIGTERM (every child process is stopped too)."""
+    if insecure and not dev:
+        raise UserError("--insecure is only allowed together with --dev (never in production)")
+    if insecure:
+        error_console.print(
+            "[bold yellow]WARNING:[/] --insecure: no TLS and no node authentication; anyone "
+            "on the network can read the traffic and join. Development only."
+        )
+    config = FederationConfig.load(federation_dir)
+    if coordinator_url:
+        try:
+            CoordinatorStore(coordinator_url).close()  # create or upgrade its schema now
+        except SQLAlchemyError as error:
+            raise UserError(
+                f"--coordinator-url: cannot open the coordinator database: {error}"
+            ) from None
+    options = SuperLinkOptions(federation_dir, state_dir, host, insecure, coordinator_url)
+    process = start_superlink(options)
+    try:
+        wait_until_ready(process, config)
+        if not insecure:
+            for entry in register_pending(federation_dir):
+                console.print(f"registered clinic {entry.name} as node {entry.node_id}")
+    except BaseException:
+        stop_process_group(process)
+        raise
+    console.print(
+        f"SuperLink for [bold]{config.name}[/] on {host}:{config.port} "
+        f"({'INSECURE' if insecure else 'TLS, node authentication'}); "
+        f"log {state_dir / SUPERLINK_LOG}"
+    )
+    code = supervise(process, state_dir / "superlink.pid")
+    if code:
+        raise UserError(f"the SuperLink exited with code {code}; see {state_dir / SUPERLINK_LOG}")

@@ -1,0 +1,114 @@
+"""DP-SGD engines: one interface, two interchangeable implementations of the same mechanism.
+
+Like Opacus's accountants, the engines are chosen by name (``--dp-engine``) and differ only
+in how fast they compute, never in what they release: both run Poisson sampling at the
+plan's ``q`` for the plan's ``steps``, clip per sample to ``C`` and add noise of std ``σ·C``,
+so the ledger's charge (:attr:`client.training.DpRoundPlan.event`) is the same whichever
+trained.
+
+* ``fast`` (default): :mod:`client.dp_fast`, ghost norms for ``nn.Linear`` on in-memory
+  tensors.
+* ``opacus``: Opacus's own ``make_private`` with its ``DataLoader``, the reference a user can
+  cross-check the fast engine against.
+
+Randomness: in production the generator behind sampling and noise is seeded with 63 bits
+from the operating system's CSPRNG (:func:`secrets.randbits`), so nobody, not even the
+clinic's operator, can predict or replay the noise. A ``seed`` is accepted for tests and
+benchmarks only; the ClientApp never passes one.
+"""
+
+from __future__ import annotations
+
+import secrets
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from client.dp_fast import train_dp_fast
+from client.training import DpRoundPlan, TrainingConfigError, train_dp_opacus
+from schemas import protocol
+
+
+@dataclass(frozen=True)
+class DpTrainingResult:
+    """What a round of DP training did: the engine, its mean loss, the noisy steps taken."""
+
+    engine: str
+    mean_loss: float
+    steps: int
+
+
+class DpEngine(ABC):
+    """Runs a :class:`~client.training.DpRoundPlan` on a clinic's in-memory data."""
+
+    name: ClassVar[str]
+
+    def train(
+        self,
+        model: nn.Module,
+        x: np.ndarray,
+        y: np.ndarray,
+        plan: DpRoundPlan,
+        *,
+        seed: int | None = None,
+    ) -> DpTrainingResult:
+        """Train ``model`` in place. ``seed`` (tests and benchmarks only) makes the batches
+        and the noise reproducible; without it they come from a secret seed.
+
+        Raises :class:`RuntimeError` if the engine took another number of noisy steps than
+        the plan charged, so an update whose cost is not on the ledger cannot leave.
+        """
+        loss, steps = self._run(model, x, y, plan, secrets.randbits(63) if seed is None else seed)
+        if steps != plan.steps:
+            raise RuntimeError(
+                f"the {self.name} DP engine took {steps} steps but the ledger was charged for "
+                f"{plan.steps}: the update is withheld"
+            )
+        return DpTrainingResult(self.name, loss, steps)
+
+    @abstractmethod
+    def _run(
+        self, model: nn.Module, x: np.ndarray, y: np.ndarray, plan: DpRoundPlan, seed: int
+    ) -> tuple[float, int]:
+        """Train; return the mean loss per sampled example and the noisy steps taken."""
+
+
+class FastDpEngine(DpEngine):
+    """Ghost-norm DP-SGD on in-memory tensors (:mod:`client.dp_fast`)."""
+
+    name = "fast"
+
+    def _run(
+        self, model: nn.Module, x: np.ndarray, y: np.ndarray, plan: DpRoundPlan, seed: int
+    ) -> tuple[float, int]:
+        return train_dp_fast(model, x, y, plan, torch.Generator().manual_seed(seed))
+
+
+class OpacusDpEngine(DpEngine):
+    """Opacus's ``make_private`` with its Poisson ``DataLoader``: the reference engine."""
+
+    name = "opacus"
+
+    def _run(
+        self, model: nn.Module, x: np.ndarray, y: np.ndarray, plan: DpRoundPlan, seed: int
+    ) -> tuple[float, int]:
+        return train_dp_opacus(model, x, y, plan, seed)
+
+
+DP_ENGINES: dict[str, type[DpEngine]] = {
+    engine.name: engine for engine in (FastDpEngine, OpacusDpEngine)
+}
+
+
+def get_dp_engine(name: str = protocol.DEFAULT_DP_ENGINE) -> DpEngine:
+    """The engine called ``name``; an unknown name is a :class:`TrainingConfigError`."""
+    try:
+        return DP_ENGINES[name]()
+    except KeyError:
+        raise TrainingConfigError(
+            f"unknown DP engine {name!r}; choose one of {', '.join(DP_ENGINES)}"
+        ) from None

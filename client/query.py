@@ -1,0 +1,220 @@
+"""The clinic's side of an aggregate query: consent first, charge, then noisy parts only.
+
+Order is the privacy invariant, as for training: the clinic keeps only rows whose patients
+allowed statistics (``statistics`` or ``research`` tier), charges the query's exact
+mechanism to its ledger (refusing if the cap would be passed), and only then computes and
+replies with noisy per-cell aggregates. No true count, not even the number of rows used,
+leaves the clinic. The noise comes from the operating system's entropy at every query:
+a seed chosen by the coordinator would let it subtract the noise.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+
+from client.node import ClinicNode
+from privacy.accountants import UnsupportedEvent
+from privacy.ledger import BudgetExceeded, PrivacyLedger
+from privacy.mechanisms import (
+    CLINIC_MIN_RECORDS,
+    Bounds,
+    LocalRelease,
+    NoiseCalibration,
+    calibrate,
+    release_local,
+    releases_for,
+)
+from schemas import protocol
+from schemas.contract import PatientRecord
+from schemas.importer import ImportResult, import_file
+from schemas.query import QueryError, QuerySpec, parse_query
+
+
+@dataclass(frozen=True)
+class ClinicAnswer:
+    """One clinic's noisy parts for a query, as they travel (flattened arrays and scales)."""
+
+    clinic_id: str
+    counts: list[float]
+    count_noise_sd: float
+    statistic: list[float]  # empty for a count query; cells x bins flattened for histograms
+    statistic_noise_sd: float
+    noise_multiplier: float
+    epsilon_spent: float
+    epsilon_cap: float
+    delta: float
+    accountant: str
+
+    def to_content(self) -> RecordDict:
+        return RecordDict(
+            {
+                protocol.REPLY_METRICS: MetricRecord(
+                    {
+                        protocol.QUERY_NOISY_COUNTS: self.counts,
+                        protocol.QUERY_COUNT_NOISE_SD: self.count_noise_sd,
+                        protocol.QUERY_NOISY_STATISTIC: self.statistic,
+                        protocol.QUERY_STATISTIC_NOISE_SD: self.statistic_noise_sd,
+                        protocol.NOISE_MULTIPLIER: self.noise_multiplier,
+                        protocol.EPSILON_SPENT: self.epsilon_spent,
+                        protocol.EPSILON_CAP: self.epsilon_cap,
+                        protocol.DELTA: self.delta,
+                    }
+                ),
+                protocol.REPLY_CLINIC: ConfigRecord(
+                    {protocol.CLINIC_ID: self.clinic_id, protocol.ACCOUNTANT: self.accountant}
+                ),
+            }
+        )
+
+    @classmethod
+    def from_content(cls, content: RecordDict) -> ClinicAnswer:
+        metrics = content[protocol.REPLY_METRICS]
+        clinic = content[protocol.REPLY_CLINIC]
+        return cls(
+            clinic_id=str(clinic[protocol.CLINIC_ID]),
+            counts=[float(v) for v in metrics[protocol.QUERY_NOISY_COUNTS]],
+            count_noise_sd=float(metrics[protocol.QUERY_COUNT_NOISE_SD]),
+            statistic=[float(v) for v in metrics[protocol.QUERY_NOISY_STATISTIC]],
+            statistic_noise_sd=float(metrics[protocol.QUERY_STATISTIC_NOISE_SD]),
+            noise_multiplier=float(metrics[protocol.NOISE_MULTIPLIER]),
+            epsilon_spent=float(metrics[protocol.EPSILON_SPENT]),
+            epsilon_cap=float(metrics[protocol.EPSILON_CAP]),
+            delta=float(metrics[protocol.DELTA]),
+            accountant=str(clinic[protocol.ACCOUNTANT]),
+        )
+
+
+@dataclass(frozen=True)
+class ClinicRefusal:
+    """A clinic that did not answer, and why (its budget, its data, a bad query)."""
+
+    clinic_id: str
+    code: int
+    reason: str
+
+
+def statistics_records(result: ImportResult) -> list[PatientRecord]:
+    """Rows whose patients allowed statistics, each patient once (first row kept)."""
+    seen: set[str] = set()
+    records = []
+    for record in result.accepted:
+        if record.consent_tier.allows_statistics and record.patient_ref not in seen:
+            seen.add(record.patient_ref)
+            records.append(record)
+    return records
+
+
+def local_release(
+    records: list[PatientRecord],
+    spec: QuerySpec,
+    calibration: NoiseCalibration,
+    rng: np.random.Generator,
+    min_records: int = CLINIC_MIN_RECORDS,
+) -> LocalRelease:
+    """The noisy parts of ``spec`` over already consent-filtered ``records``."""
+    values = spec.values(records)
+    bounds = spec.bounds()
+    return release_local(
+        spec.cell_indices(records),
+        spec.n_cells,
+        calibration,
+        rng,
+        statistic=spec.statistic,
+        values=None if values is None else np.nan_to_num(values),  # missing: cell index -1
+        bounds=None if bounds is None else Bounds(*bounds),
+        edges=spec.edges(),
+        min_records=min_records,
+    )
+
+
+def answer_query(
+    node: ClinicNode,
+    spec: QuerySpec,
+    run_id: str,
+    min_records: int = CLINIC_MIN_RECORDS,
+    rng: np.random.Generator | None = None,
+) -> ClinicAnswer | ClinicRefusal:
+    """Everything a clinic does for one query, in the order privacy requires.
+
+    ``min_records`` below :data:`~privacy.mechanisms.CLINIC_MIN_RECORDS` is raised to it:
+    the clinic's own floor is not the coordinator's to lower.
+    """
+    from client.app import open_budget  # client.app registers this module's handler
+
+    result = import_file(node.data_path)
+    records = statistics_records(result)  # consent, before anything is computed
+    with PrivacyLedger.in_state_dir(node.state_dir) as ledger:
+        budget = open_budget(ledger, node, result)
+        try:
+            calibration = calibrate(
+                spec.mechanism.value,
+                spec.epsilon,
+                min(spec.delta, budget.delta),  # the guarantee holds at both δs
+                releases_for(spec.statistic),
+                budget.accountant,
+            )
+            charge = ledger.charge(
+                node.dataset_id,
+                calibration.event,
+                run_id=run_id,
+                data_fingerprint=result.fingerprint,
+                note=f"query: {spec.describe()} (ε={spec.epsilon:g}, δ={spec.delta:g})",
+            )
+        except BudgetExceeded as error:
+            return ClinicRefusal(node.clinic_id, protocol.ERROR_BUDGET_EXCEEDED, str(error))
+        except UnsupportedEvent as error:
+            return ClinicRefusal(node.clinic_id, protocol.ERROR_DATA_REFUSED, str(error))
+    release = local_release(
+        records,
+        spec,
+        calibration,
+        rng or np.random.default_rng(),
+        max(min_records, CLINIC_MIN_RECORDS),
+    )
+    statistic = release.parts.get(spec.statistic or "")
+    return ClinicAnswer(
+        clinic_id=node.clinic_id,
+        counts=release.parts["count"].values.ravel().tolist(),
+        count_noise_sd=release.parts["count"].noise_sd,
+        statistic=[] if statistic is None else statistic.values.ravel().tolist(),
+        statistic_noise_sd=0.0 if statistic is None else statistic.noise_sd,
+        noise_multiplier=calibration.noise_multiplier,
+        epsilon_spent=charge.epsilon_after,
+        epsilon_cap=budget.epsilon_cap,
+        delta=budget.delta,
+        accountant=budget.accountant,
+    )
+
+
+def query_content(spec: QuerySpec, min_records: int) -> RecordDict:
+    """What the coordinator sends: the query and its clinic floor, nothing else."""
+    return RecordDict(
+        {
+            "config": ConfigRecord(
+                {
+                    protocol.QUERY_SPEC: spec.model_dump_json(),
+                    protocol.QUERY_CLINIC_MIN_RECORDS: min_records,
+                }
+            )
+        }
+    )
+
+
+def handle_query(msg: Message, node: ClinicNode) -> Message:
+    """The ClientApp's ``query`` handler: decode, answer (or refuse), encode."""
+    from client.app import refusal  # client.app registers this handler
+
+    config = msg.content["config"]
+    try:
+        spec = parse_query(json.loads(str(config[protocol.QUERY_SPEC])))
+    except (QueryError, json.JSONDecodeError, KeyError) as error:
+        return refusal(msg, protocol.ERROR_DATA_REFUSED, node.clinic_id, f"bad query: {error}")
+    min_records = int(config.get(protocol.QUERY_CLINIC_MIN_RECORDS, CLINIC_MIN_RECORDS))
+    answer = answer_query(node, spec, str(msg.metadata.run_id), min_records)
+    if isinstance(answer, ClinicRefusal):
+        return refusal(msg, answer.code, answer.clinic_id, answer.reason)
+    return Message(content=answer.to_content(), reply_to=msg)

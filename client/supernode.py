@@ -1,0 +1,84 @@
+"""Run a clinic's Flower SuperNode from its startup kit, after checking its data.
+
+The node trusts only the federation's CA (``--root-certificates``) and proves who it is with
+the kit's private key (``--auth-supernode-private-key``); the coordinator refuses any key it
+has not registered. The data file is validated against the contract *before* the node
+connects, so a clinic never joins a federation with a file that would be refused anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from client.data import ClinicData, load_clinic_data
+from client.node import DEFAULT_EPSILON_CAP, ClinicNode
+from server.provisioning import ClinicKit
+from server.superlink import flower_environment, venv_executable
+
+DEFAULT_NODE_PORT = 9094
+
+
+@dataclass(frozen=True)
+class SuperNodeOptions:
+    kit_dir: Path
+    data_path: Path
+    state_dir: Path | None = None  # default: the kit's state folder
+    superlink: str | None = None  # default: the kit's coordinator address
+    port: int = DEFAULT_NODE_PORT  # the node's local runtime port; distinct per node on a host
+    epsilon_cap: float = DEFAULT_EPSILON_CAP
+
+    def clinic_node(self, kit: ClinicKit) -> ClinicNode:
+        return ClinicNode(
+            clinic_id=kit.clinic_id,
+            data_path=self.data_path.resolve(),
+            state_dir=(self.state_dir or Path(kit.state_dir)).resolve(),
+            dataset_id=kit.dataset_id,
+            epsilon_cap=self.epsilon_cap,
+        )
+
+
+def check_clinic_data(node: ClinicNode) -> ClinicData:
+    """Import and encode the clinic's file as training would; raises ContractError (file-level
+    problems) or ClinicDataError (no usable research-tier rows) before anything connects."""
+    return load_clinic_data(node.clinic_id, node.data_path)
+
+
+def node_config_text(node: ClinicNode) -> str:
+    """``--node-config`` text: TOML ``key=value`` pairs (JSON strings are valid TOML strings)."""
+    return " ".join(f"{key}={json.dumps(value)}" for key, value in node.to_config().items())
+
+
+def supernode_command(options: SuperNodeOptions, kit: ClinicKit, node: ClinicNode) -> list[str]:
+    return [
+        venv_executable("flower-supernode"),
+        "--superlink",
+        options.superlink or kit.superlink,
+        "--root-certificates",
+        str(kit.ca_cert(options.kit_dir).resolve()),
+        "--auth-supernode-private-key",
+        str(kit.private_key(options.kit_dir).resolve()),
+        "--node-config",
+        node_config_text(node),
+        "--port",
+        str(options.port),
+    ]
+
+
+def start_supernode(
+    options: SuperNodeOptions, kit: ClinicKit, node: ClinicNode
+) -> subprocess.Popen[bytes]:
+    """Start the SuperNode in its own process group, with its own ``FLWR_HOME`` in its state
+    folder; its output goes to ``supernode.log`` there."""
+    node.state_dir.mkdir(parents=True, exist_ok=True)
+    env = flower_environment(node.state_dir / "flwr-home")
+    with (node.state_dir / "supernode.log").open("ab") as output:
+        return subprocess.Popen(
+            supernode_command(options, kit, node),
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )

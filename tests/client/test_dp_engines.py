@@ -1,0 +1,448 @@
+"""The fast DP-SGD engine is Opacus's mechanism: proofs of equivalence, statistics, wiring.
+
+Statistical tests use fixed seeds, so they are deterministic; the false-failure rate stated
+with each is the chance that a correct implementation fails it with a random seed.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, Message, MessageType, Metadata, RecordDict
+from opacus import GradSampleModule
+from opacus.optimizers import DPOptimizer
+from scipy import stats
+from torch import nn
+
+from client.app import handle_train
+from client.dp_engines import DP_ENGINES, DpEngine, FastDpEngine, get_dp_engine
+from client.dp_fast import GhostClipping, expected_batch_size, poisson_batches
+from client.model import build_model
+from client.node import ClinicNode
+from client.training import DpRoundPlan, TrainingConfigError, evaluate, plan_dp_round
+from privacy.events import DpSgdEvent
+from privacy.ledger import PrivacyLedger
+from schemas import protocol
+from schemas.features import NUM_FEATURES
+from schemas.synthetic import write_federation
+from server.report import build_report
+from server.settings import FederationSettings, SettingsError
+
+P_THRESHOLD = 1e-6  # per statistical check
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny matrices gain nothing from intra-op threads, and on a shared 2-core runner
+    oversubscribed threads make these tests several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def toy_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, NUM_FEATURES)).astype(np.float32)
+    y = (x[:, 0] + 0.5 * x[:, 1] + rng.normal(scale=0.5, size=n) > 0).astype(np.float32)
+    return x, y
+
+
+def plan(**changes: object) -> DpRoundPlan:
+    arguments: dict[str, object] = dict(
+        n_train=1000,
+        batch_size=64,
+        local_epochs=2,
+        learning_rate=0.1,
+        clip_norm=1.0,
+        total_rounds=5,
+        delta=1e-5,
+        noise_multiplier=1.0,
+    )
+    arguments.update(changes)
+    return plan_dp_round(**arguments)  # type: ignore[arg-type]
+
+
+class BiasFreeMlp(nn.Module):
+    """Linear layers without bias: the other branch of the ghost norm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Linear(NUM_FEATURES, 16, bias=False), nn.ReLU(), nn.Linear(16, 1, bias=False)
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.layers(features).squeeze(-1)
+
+
+MODELS = {
+    "default": lambda: build_model(seed=11),
+    "wide": lambda: build_model((256, 256), seed=12),
+    "linear-only": lambda: build_model((), seed=13),
+    "no-bias": lambda: BiasFreeMlp(),
+}
+
+
+def per_sample_norms(model: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    """The naive oracle: one backward pass per sample."""
+    norms = []
+    for row, label in zip(features, labels, strict=True):
+        loss = nn.functional.binary_cross_entropy_with_logits(model(row[None]), label[None])
+        grads = torch.autograd.grad(loss, list(model.parameters()))
+        norms.append(float(torch.cat([g.flatten() for g in grads]).norm()))
+    return np.array(norms)
+
+
+def opacus_private_gradient(
+    model: nn.Module,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    clip_norm: float,
+    noise_multiplier: float,
+    divisor: int,
+    generator: torch.Generator,
+) -> list[torch.Tensor]:
+    """Opacus's hooks mode: per-sample gradients, ``DPOptimizer.pre_step`` (clip, sum, noise,
+    divide by the expected batch size)."""
+    private = GradSampleModule(model)  # grad_sample_mode="hooks", loss_reduction="mean"
+    optimizer = DPOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=clip_norm,
+        expected_batch_size=divisor,
+        generator=generator,
+    )
+    nn.BCEWithLogitsLoss()(private(features), labels).backward()
+    optimizer.pre_step()
+    grads = [p.grad.detach().clone() for p in model.parameters()]  # type: ignore[union-attr]
+    private._close()
+    return grads
+
+
+def fast_private_gradient(
+    model: nn.Module,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    clip_norm: float,
+    noise_multiplier: float,
+    divisor: int,
+    generator: torch.Generator,
+) -> list[torch.Tensor]:
+    clipping = GhostClipping(model)
+    clipping.private_gradient(
+        features, labels, clip_norm, noise_multiplier * clip_norm, divisor, generator
+    )
+    clipping.detach()
+    return [p.grad.detach().clone() for p in model.parameters()]  # type: ignore[union-attr]
+
+
+def assert_relative_close(
+    actual: list[torch.Tensor], expected: list[torch.Tensor], tolerance: float = 1e-5
+) -> None:
+    for a, e in zip(actual, expected, strict=True):
+        assert float((a - e).norm() / e.norm()) <= tolerance
+
+
+@pytest.mark.parametrize("model_name", list(MODELS))
+@pytest.mark.parametrize("noise_multiplier", [0.0, 1.3])
+def test_private_gradient_equals_opacus_hooks_mode(
+    model_name: str, noise_multiplier: float
+) -> None:
+    x, y = toy_data(48, seed=3)
+    features, labels = torch.from_numpy(x * 3.0), torch.from_numpy(y)
+    model = MODELS[model_name]()
+    norms = per_sample_norms(model, features, labels)
+    clip_norm = float(np.median(norms))  # half the samples are clipped, half are not
+    assert (norms < clip_norm * 0.9).sum() >= 10 and (norms > clip_norm * 1.1).sum() >= 10
+    ours = fast_private_gradient(
+        copy.deepcopy(model),
+        features,
+        labels,
+        clip_norm,
+        noise_multiplier,
+        40,
+        torch.Generator().manual_seed(5),
+    )
+    reference = opacus_private_gradient(
+        copy.deepcopy(model),
+        features,
+        labels,
+        clip_norm,
+        noise_multiplier,
+        40,
+        torch.Generator().manual_seed(5),
+    )
+    assert_relative_close(ours, reference)
+
+
+def test_gradients_differ_when_clipping_is_wrong() -> None:
+    """The comparison above can fail: a different C gives a different clipped sum."""
+    x, y = toy_data(48, seed=3)
+    features, labels = torch.from_numpy(x * 3.0), torch.from_numpy(y)
+    model = build_model(seed=11)
+    generator = torch.Generator()
+    ours = fast_private_gradient(copy.deepcopy(model), features, labels, 0.5, 0.0, 40, generator)
+    reference = opacus_private_gradient(model, features, labels, 0.6, 0.0, 40, generator)
+    with pytest.raises(AssertionError):
+        assert_relative_close(ours, reference)
+
+
+def test_noise_has_the_stated_standard_deviation() -> None:
+    """Noise = noisy gradient - clean gradient, rescaled by E / (σ·C), must be N(0, 1):
+    mean (z-test), variance (χ² test) and shape (Kolmogorov-Smirnov), each at p < 1e-6, so a
+    correct engine fails with probability below 3e-6."""
+    x, y = toy_data(64, seed=4)
+    features, labels = torch.from_numpy(x), torch.from_numpy(y)
+    model = build_model(seed=2)
+    clip_norm, sigma, divisor = 0.7, 1.5, 50
+    clean = torch.cat(
+        [
+            g.flatten()
+            for g in fast_private_gradient(
+                model, features, labels, clip_norm, 0.0, divisor, torch.Generator()
+            )
+        ]
+    )
+    generator = torch.Generator().manual_seed(9)
+    samples = []
+    for _ in range(40):
+        noisy = fast_private_gradient(model, features, labels, clip_norm, sigma, divisor, generator)
+        samples.append((torch.cat([g.flatten() for g in noisy]) - clean) * divisor)
+    noise = (torch.cat(samples) / (sigma * clip_norm)).double().numpy()
+    count = len(noise)
+    assert count > 100_000
+    assert abs(noise.mean()) * np.sqrt(count) < stats.norm.isf(P_THRESHOLD / 2)
+    chi2 = (count - 1) * noise.var(ddof=1)
+    assert stats.chi2.ppf(P_THRESHOLD / 2, count - 1) < chi2
+    assert chi2 < stats.chi2.isf(P_THRESHOLD / 2, count - 1)
+    assert stats.kstest(noise, "norm").pvalue > P_THRESHOLD
+
+
+@pytest.mark.parametrize("draws_per_step", [None, 3])
+def test_poisson_batches_follow_binomial_and_sample_every_record_at_rate_q(
+    draws_per_step: int | None,
+) -> None:
+    """χ² goodness of fit of the batch sizes to Binomial(n, q) and of the per-record counts
+    to Binomial(T, q) (independent across records), each at p < 1e-6. ``draws_per_step=3``
+    makes nearly every batch take the path that draws more gaps."""
+    n, q, draws = 400, 0.03, 4000
+    generator = torch.Generator().manual_seed(21)
+    sizes = np.zeros(draws, dtype=np.int64)
+    counts = np.zeros(n, dtype=np.int64)
+    batches = poisson_batches(n, q, draws, generator, draws_per_step=draws_per_step)
+    for step, tensor in enumerate(batches):
+        batch = tensor.numpy()
+        assert batch.min(initial=0) >= 0 and batch.max(initial=0) < n
+        assert np.all(np.diff(batch) > 0)  # sorted, no record twice
+        sizes[step] = len(batch)
+        counts[batch] += 1
+    assert step == draws - 1
+    support = np.arange(n + 1)
+    expected = stats.binom.pmf(support, n, q) * draws
+    observed = np.bincount(sizes, minlength=n + 1)
+    low, high = stats.binom.ppf([0.01, 0.99], n, q).astype(int)
+    bins = [slice(0, low), *(slice(k, k + 1) for k in range(low, high)), slice(high, n + 1)]
+    fit = stats.chisquare([observed[b].sum() for b in bins], [expected[b].sum() for b in bins])
+    assert fit.pvalue > P_THRESHOLD
+    per_record = ((counts - draws * q) ** 2 / (draws * q * (1 - q))).sum()
+    assert stats.chi2.sf(per_record, n) > P_THRESHOLD
+    assert stats.chi2.cdf(per_record, n) > P_THRESHOLD
+
+
+def test_poisson_sampling_takes_everyone_at_rate_one() -> None:
+    batches = list(poisson_batches(7, 1.0, 2, torch.Generator()))
+    assert [b.tolist() for b in batches] == [list(range(7))] * 2
+
+
+def test_divisor_is_opacus_expected_batch_size() -> None:
+    result = plan(n_train=1000, batch_size=64)
+    assert expected_batch_size(1000, result.sample_rate) == int(1000 * (1 / 16)) == 62
+
+
+def test_both_engines_spend_exactly_the_charged_plan(tmp_path: Path) -> None:
+    x, y = toy_data(600)
+    round_plan = plan(n_train=600, batch_size=50, local_epochs=2)
+    epsilons = []
+    for name in protocol.DP_ENGINES:
+        result = get_dp_engine(name).train(build_model(seed=1), x, y, round_plan, seed=3)
+        assert result.engine == name and result.steps == round_plan.steps == 24
+        event = DpSgdEvent(round_plan.noise_multiplier, round_plan.sample_rate, result.steps)
+        assert event == round_plan.event
+        with PrivacyLedger.in_state_dir(tmp_path / name) as ledger:
+            ledger.ensure_dataset("clinic", 10.0, 1e-5, "rdp")
+            epsilons.append(ledger.charge("clinic", event, run_id="r", round=1).epsilon_after)
+    assert epsilons[0] == epsilons[1] > 0
+
+
+def test_an_engine_that_strays_from_the_plan_withholds_the_update() -> None:
+    class Sloppy(FastDpEngine):
+        def _run(self, model, x, y, plan, seed):  # type: ignore[no-untyped-def]
+            return 0.5, plan.steps - 1
+
+    x, y = toy_data(100)
+    with pytest.raises(RuntimeError, match="withheld"):
+        Sloppy().train(build_model(seed=1), x, y, plan(n_train=100), seed=1)
+
+
+def test_fast_engine_learns() -> None:
+    x, y = toy_data(2000)
+    model = build_model(seed=1)
+    before = evaluate(model, x, y)
+    result = FastDpEngine().train(
+        model, x, y, plan(n_train=2000, noise_multiplier=0.8, local_epochs=3), seed=1
+    )
+    after = evaluate(model, x, y)
+    assert before.auc is not None and after.auc is not None
+    assert after.auc > 0.85 > before.auc
+    assert 0 < result.mean_loss < 1.0
+
+
+def test_fast_engine_applies_the_fedprox_pull() -> None:
+    x, y = toy_data(500)
+    start = build_model(seed=6)
+
+    def distance_after(mu: float) -> float:
+        model = copy.deepcopy(start)
+        FastDpEngine().train(model, x, y, plan(n_train=500, proximal_mu=mu), seed=4)
+        return sum(
+            float((p - q).detach().pow(2).sum())
+            for p, q in zip(model.parameters(), start.parameters(), strict=True)
+        )
+
+    assert distance_after(2.0) < 0.7 * distance_after(0.0)
+
+
+@pytest.mark.parametrize("engine", [FastDpEngine(), get_dp_engine("opacus")])
+def test_seeded_runs_repeat_and_unseeded_runs_use_a_secret_seed(engine: DpEngine) -> None:
+    x, y = toy_data(300)
+    round_plan = plan(n_train=300, local_epochs=1)
+
+    def weights(seed: int | None) -> torch.Tensor:
+        model = build_model(seed=8)
+        engine.train(model, x, y, round_plan, seed=seed)
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    torch.testing.assert_close(weights(5), weights(5))
+    assert not torch.allclose(weights(None), weights(None))
+
+
+class WithLayerNorm(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(NUM_FEATURES)
+        self.out = nn.Linear(NUM_FEATURES, 1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.out(self.norm(features)).squeeze(-1)
+
+
+class SharedLinear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(NUM_FEATURES, NUM_FEATURES)
+        self.out = nn.Linear(NUM_FEATURES, 1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.out(self.hidden(self.hidden(features))).squeeze(-1)
+
+
+class SequenceInput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = nn.Linear(NUM_FEATURES, 1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.out(features[:, None, :]).mean(dim=(1, 2))
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        (WithLayerNorm(), "norm.weight belongs to a LayerNorm"),
+        (SharedLinear(), "each nn.Linear used once"),
+        (SequenceInput(), "2-D inputs"),
+        (build_model(seed=1).requires_grad_(False), "layers.0.weight is frozen"),
+    ],
+)
+def test_fast_engine_refuses_models_it_cannot_clip_exactly(model: nn.Module, message: str) -> None:
+    x, y = toy_data(100)
+    with pytest.raises(TrainingConfigError, match=message):
+        FastDpEngine().train(model, x, y, plan(n_train=100), seed=1)
+
+
+def test_engines_are_chosen_by_the_protocol_names() -> None:
+    assert tuple(DP_ENGINES) == protocol.DP_ENGINES
+    assert get_dp_engine().name == protocol.DEFAULT_DP_ENGINE == "fast"
+    with pytest.raises(TrainingConfigError, match="unknown DP engine 'turbo'; choose one of fast"):
+        get_dp_engine("turbo")
+
+
+def test_settings_send_the_engine_and_the_report_names_it() -> None:
+    settings = FederationSettings.from_run_config({"dp-engine": "opacus", "target-epsilon": 3.0})
+    assert settings.train_config()[protocol.CFG_DP_ENGINE] == "opacus"
+    assert FederationSettings().dp_engine == "fast"
+    with pytest.raises(SettingsError, match="--dp-engine must be one of fast, opacus"):
+        FederationSettings(dp_engine="turbo")
+    report = build_report(
+        run_id="r",
+        status="completed",
+        message=None,
+        settings=settings.public_dict(),
+        rounds=[],
+        comparison=None,
+    )
+    assert report["dp_engine"] == "opacus"
+
+
+def train_message(settings: FederationSettings) -> Message:
+    config = settings.train_config()
+    config[protocol.CFG_ROUND] = 1
+    arrays = ArrayRecord(build_model(seed=1).state_dict())
+    metadata = Metadata(
+        run_id=1,
+        message_id="m1",
+        src_node_id=0,
+        dst_node_id=1,
+        reply_to_message_id="",
+        group_id="1",
+        created_at=0.0,
+        ttl=3600.0,
+        message_type=MessageType.TRAIN,
+    )
+    return Message(content=RecordDict({"arrays": arrays, "config": config}), metadata=metadata)
+
+
+def test_clinic_refuses_an_unknown_engine_before_charging_and_trains_with_the_named_one(
+    tmp_path: Path,
+) -> None:
+    (data_path,) = write_federation(tmp_path / "data", 1, seed=3)
+    node = ClinicNode("c1", data_path, tmp_path / "state", "c1", accountant="rdp")
+    settings = FederationSettings(
+        rounds=2,
+        local_epochs=1,
+        batch_size=32,
+        target_epsilon=None,
+        noise_multiplier=1.0,  # calibrating a target ε would dominate this test's time
+        dp_engine="fast",
+    )
+    bad = train_message(settings)
+    bad.content["config"][protocol.CFG_DP_ENGINE] = "turbo"
+    with pytest.raises(TrainingConfigError, match="unknown DP engine 'turbo'"):
+        handle_train(bad, node)
+    assert not node.state_dir.exists()  # the ledger was never opened, nothing was charged
+    reply = handle_train(train_message(settings), node)
+    metrics = reply.content[protocol.REPLY_METRICS]
+    with PrivacyLedger.in_state_dir(node.state_dir) as ledger:
+        (charge,) = ledger.history("c1")
+    assert charge.event == DpSgdEvent(
+        metrics[protocol.NOISE_MULTIPLIER],
+        metrics[protocol.SAMPLE_RATE],
+        int(metrics[protocol.DP_STEPS]),
+    )
+    assert metrics[protocol.EPSILON_SPENT] == pytest.approx(charge.epsilon_after)

@@ -1,0 +1,383 @@
+"""End to end on Flower's Deployment Engine: a real SuperLink and real SuperNodes on
+127.0.0.1, with TLS and node authentication, started through the ``oralfed`` command.
+
+One module-scoped deployment: provision, start the coordinator and three clinics, show that
+an unregistered key, a node without the federation's CA and a removed clinic are refused,
+run a 2-round federation, then kill a clinic mid-run and restart it with the same kit.
+Every process is started in a process group of its own and stopped in the fixture's
+``finally``, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from privacy.ledger import PrivacyLedger
+from schemas import protocol
+from server.launch import list_runs
+from server.provisioning import add_clinic, init_federation, list_clinics, remove_clinic
+
+pytestmark = pytest.mark.e2e
+ORALFED = [sys.executable, "-m", "cli"]
+CLINICS = ("clinic-01", "clinic-02", "clinic-03")
+TOKEN = re.compile(rb"[A-Za-z0-9_-]+")  # a patient_ref is one such token (data contract)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def oralfed(*arguments: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    completed = subprocess.run(
+        [*ORALFED, *map(str, arguments)], capture_output=True, text=True, timeout=300
+    )
+    if check and completed.returncode != 0:
+        raise AssertionError(
+            f"oralfed {arguments[:2]} failed ({completed.returncode}):\n"
+            f"{completed.stdout}\n{completed.stderr}"
+        )
+    return completed
+
+
+@dataclass
+class Deployment:
+    root: Path
+    fed: Path
+    data: Path
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, name: str, *arguments: str | Path) -> subprocess.Popen[bytes]:
+        log = (self.root / f"{name}.out").open("ab")
+        process = subprocess.Popen(
+            [*ORALFED, *map(str, arguments)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.processes[name] = process
+        return process
+
+    def start_clinic(self, name: str, kit: Path, data_file: str = "clinic-01.csv") -> Any:
+        return self.start(
+            name,
+            "clinic",
+            "start",
+            "--kit",
+            kit,
+            "--data",
+            self.data / data_file,
+            "--state-dir",
+            self.root / "state" / name,
+            "--port",
+            str(free_port()),
+        )
+
+    def stop(self, name: str) -> None:
+        """SIGTERM the command (it stops its Flower children), then kill what is left."""
+        process = self.processes.pop(name)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        _kill_recorded_group(self.root, name)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL, as a crashed machine would: no goodbye reaches the SuperLink."""
+        _kill_recorded_group(self.root, name)
+        process = self.processes.pop(name)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+    def output(self, name: str) -> str:
+        return (self.root / f"{name}.out").read_text(errors="replace")
+
+
+def _kill_recorded_group(root: Path, name: str) -> None:
+    """Backstop: SIGKILL the Flower process group the command recorded in its pid file."""
+    folder = root / "coordinator" if name == "server" else root / "state" / name
+    for pid_file in folder.glob("*.pid"):
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def wait_for(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def clinic_status(fed: Path) -> dict[str, str]:
+    return {entry.name: entry.status for entry in list_clinics(fed)}
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """The coordinator, three clinics, and three nodes that must be refused, all started
+    at once (each `oralfed` start costs seconds of imports on a busy 2-core machine)."""
+    root = tmp_path_factory.mktemp("deployment")
+    fed = root / "federation"
+    oralfed("data", "synth", "--out", root / "data", "--clinics", "3", "--seed", "5")
+    # Provisioning through the library (its CLI is covered in tests/server).
+    init_federation("e2e", fed, port=free_port())
+    for clinic in CLINICS:
+        add_clinic(fed, clinic)
+    # A second federation: its CA and its node key are strangers to the first.
+    init_federation("other", root / "other", port=free_port())
+    add_clinic(root / "other", "stranger")
+    deployment = Deployment(root, fed, root / "data")
+    try:
+        deployment.start(
+            "server",
+            "server",
+            "start",
+            "--federation-dir",
+            fed,
+            "--state-dir",
+            root / "coordinator",
+            "--host",
+            "127.0.0.1",
+        )
+        wait_for(
+            lambda: set(clinic_status(fed).values()) == {"registered"},
+            90,
+            "the SuperLink to start and register the pending clinics",
+        )
+        for clinic in CLINICS:
+            deployment.start_clinic(clinic, fed / "clinics" / clinic, f"{clinic}.csv")
+        # An unregistered key: another federation's node key, trusting our CA.
+        unregistered = root / "kit-unregistered"
+        shutil.copytree(root / "other" / "clinics" / "stranger", unregistered)
+        shutil.copyfile(fed / "ca" / "ca.crt", unregistered / "ca.crt")
+        _point_at(unregistered, fed)
+        deployment.start_clinic("unregistered", unregistered)
+        # A registered key but another federation's CA: it cannot trust our coordinator.
+        foreign_ca = root / "kit-foreign-ca"
+        shutil.copytree(fed / "clinics" / "clinic-01", foreign_ca)
+        shutil.copyfile(root / "other" / "ca" / "ca.crt", foreign_ca / "ca.crt")
+        deployment.start_clinic("foreign-ca", foreign_ca)
+        # A clinic added while the SuperLink runs (registered at once), then removed.
+        assert add_clinic(fed, "leaver").status == "registered"
+        assert remove_clinic(fed, "leaver").status == "removed"
+        deployment.start_clinic("leaver", fed / "clinics" / "leaver")
+        yield deployment
+    finally:
+        for name in list(deployment.processes):
+            deployment.stop(name)
+
+
+def test_unregistered_key_is_refused(deployment: Deployment) -> None:
+    assert deployment.processes["unregistered"].wait(timeout=120) != 0
+    assert "Failed to activate SuperNode" in _supernode_log(deployment, "unregistered")
+
+
+def test_node_without_the_federation_ca_is_refused(deployment: Deployment) -> None:
+    assert deployment.processes["foreign-ca"].wait(timeout=120) != 0
+    assert "CERTIFICATE_VERIFY_FAILED" in _supernode_log(deployment, "foreign-ca")
+
+
+def test_removed_clinic_is_refused(deployment: Deployment) -> None:
+    assert clinic_status(deployment.fed)["leaver"] == "removed"
+    assert deployment.processes["leaver"].wait(timeout=120) != 0
+    assert "Failed to activate SuperNode" in _supernode_log(deployment, "leaver")
+
+
+def test_clinic_refuses_to_start_on_a_file_that_fails_the_contract(
+    deployment: Deployment,
+) -> None:
+    broken = deployment.root / "broken.csv"
+    broken.write_text("patient_ref,age_years\np-1,40\n")
+    completed = oralfed(
+        "clinic",
+        "start",
+        "--kit",
+        deployment.fed / "clinics" / "clinic-01",
+        "--data",
+        broken,
+        "--state-dir",
+        deployment.root / "state" / "broken",
+        check=False,
+    )
+    assert completed.returncode == 2
+    assert str(broken) in completed.stderr and "Traceback" not in completed.stderr
+    assert not (deployment.root / "state" / "broken" / "supernode.log").exists()
+
+
+@pytest.fixture(scope="module")
+def federation_run(deployment: Deployment) -> dict[str, Any]:
+    out = deployment.root / "run1"
+    completed = oralfed(
+        "federation",
+        "launch",
+        "--federation-dir",
+        deployment.fed,
+        "--rounds",
+        "2",
+        "--local-epochs",
+        "1",
+        "--target-epsilon",
+        "2",
+        "--min-clinics",
+        "3",
+        "--round-timeout",
+        "120",
+        "--out",
+        out,
+        "--json",
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
+    return json.loads((out / "report.json").read_text())
+
+
+def test_deployed_federation_completes_with_report(
+    deployment: Deployment, federation_run: dict[str, Any]
+) -> None:
+    report = federation_run
+    assert report["status"] == "completed" and len(report["rounds"]) == 2
+    assert [c["clinic"] for c in report["clinics"]] == list(CLINICS)  # refused nodes absent
+    for clinic in report["clinics"]:
+        assert clinic["rounds_trained"] == 2 and not clinic["refusals"]
+        assert 0 < clinic["epsilon_spent"] <= 2.0 + 1e-9
+        assert clinic["accountant"] == "pld" and 0 < clinic["delta"] < 1e-4
+    assert report["rounds"][-1]["eval_auc"] is not None
+    assert Path(report["model_file"]).is_file()
+    (run,) = list_runs(deployment.fed, report["run_id"])  # what `federation status` shows
+    assert run["status"] == "finished:completed"
+
+
+def test_every_clinic_ledger_holds_exactly_two_charges(
+    deployment: Deployment, federation_run: dict[str, Any]
+) -> None:
+    for clinic in CLINICS:
+        with PrivacyLedger.in_state_dir(deployment.root / "state" / clinic) as ledger:
+            charges = ledger.history(clinic)
+        assert [c.round for c in charges] == [1, 2]
+        reported = next(c for c in federation_run["clinics"] if c["clinic"] == clinic)
+        assert charges[-1].epsilon_after == pytest.approx(reported["epsilon_spent"])
+
+
+def test_coordinator_never_receives_raw_records(
+    deployment: Deployment, federation_run: dict[str, Any]
+) -> None:
+    """Everything the coordinator holds after the run (SuperLink state DB with its messages,
+    logs, history, coordinator DB, model) is searched for every patient_ref of every clinic
+    and for their raw rows; the replies carry only the protocol's aggregate keys."""
+    refs: set[bytes] = set()
+    rows: list[bytes] = []
+    for clinic in CLINICS:
+        lines = (deployment.data / f"{clinic}.csv").read_text().splitlines()[1:]
+        refs |= {line.split(",", 1)[0].encode() for line in lines}
+        rows += [line.encode() for line in lines[:50]]
+    coordinator_files = [
+        p
+        for base in (deployment.root / "coordinator", deployment.root / "run1")
+        for p in base.rglob("*")
+        if p.is_file()
+    ]
+    assert any(p.name == "superlink.db" for p in coordinator_files)
+    for path in coordinator_files:
+        content = path.read_bytes()
+        leaked = refs & set(TOKEN.findall(content)) | {row for row in rows if row in content}
+        assert not leaked, f"{path} holds raw clinic data: {sorted(leaked)[:3]}"
+    with sqlite3.connect(deployment.root / "coordinator" / "superlink.db") as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    assert tables  # the SuperLink really kept its state (runs, nodes, messages) in this file
+    allowed = {
+        value for name, value in vars(protocol).items() if name.isupper() and isinstance(value, str)
+    }
+    for summary in federation_run["rounds"]:
+        for entry in summary["clinics"]:
+            assert set(entry["metrics"]) <= allowed, entry["metrics"]
+
+
+def test_dead_node_does_not_hang_the_run_and_rejoins(
+    deployment: Deployment, federation_run: dict[str, Any]
+) -> None:
+    out = deployment.root / "run2"
+    launch = deployment.start(
+        "launch2",
+        "federation",
+        "launch",
+        "--federation-dir",
+        deployment.fed,
+        "--rounds",
+        "2",
+        "--local-epochs",
+        "1",
+        "--target-epsilon",
+        "2",
+        "--min-clinics",
+        "2",
+        "--round-timeout",
+        "90",
+        "--out",
+        out,
+        "--json",
+    )
+    wait_for(lambda: "configure_train" in deployment.output("launch2"), 120, "round 1 to start")
+    deployment.kill("clinic-03")
+    launch.wait(timeout=300)
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "completed", report["message"]
+    assert "clinic-03" in report["dropped"]
+    for summary in report["rounds"]:  # every round went on with the clinics still online
+        assert set(summary["trained"]) >= {"clinic-01", "clinic-02"}
+    # The same kit rejoins: the node keeps its identity and is accepted again.
+    deployment.start_clinic("clinic-03", deployment.fed / "clinics" / "clinic-03", "clinic-03.csv")
+    wait_for(
+        lambda: (
+            "Failed to activate" not in _supernode_log(deployment, "clinic-03")
+            and _active_nodes(deployment) == 3
+        ),
+        90,
+        "clinic-03 to reconnect",
+    )
+
+
+def _active_nodes(deployment: Deployment) -> int:
+    listing = subprocess.run(
+        [str(Path(sys.executable).with_name("flwr")), "supernode", "list", "--format", "json"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "FLWR_HOME": str(deployment.fed / "flwr-home")},
+        timeout=60,
+    )
+    text = listing.stdout[listing.stdout.find("{") :]
+    nodes = json.loads(text).get("nodes", []) if text else []
+    return sum(1 for node in nodes if str(node.get("status", "")).lower() == "online")
+
+
+def _point_at(kit: Path, fed: Path) -> None:
+    config = json.loads((kit / "clinic.json").read_text())
+    config["superlink"] = json.loads((fed / "federation.json").read_text())
+    config["superlink"] = f"localhost:{config['superlink']['port']}"
+    (kit / "clinic.json").write_text(json.dumps(config))
+
+
+def _supernode_log(deployment: Deployment, name: str) -> str:
+    log = deployment.root / "state" / name / "supernode.log"
+    return log.read_text(errors="replace") if log.exists() else ""

@@ -1,0 +1,151 @@
+"""The insights HTTP API through a real uvicorn server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from client.model import build_model, save_model
+from client.node import ClinicNode
+from schemas.features import Task
+from server.coordinator_db import CoordinatorStore
+from server.insights import answer_in_process
+from server.insights_api import ApiTokenRow, create_app, create_token
+from tests.conftest import GOOD_ROW, WriteCsv
+
+QUERY = {"measure": "proportion", "column": "untreated_caries", "epsilon": 0.5}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Api:
+    def __init__(self, url: str, token: str, store: CoordinatorStore, clinics: list[ClinicNode]):
+        self.url, self.token, self.store, self.clinics = url, token, store, clinics
+
+    def post(self, path: str, body: bytes | dict, token: str | None = None) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token or self.token}"}
+        if isinstance(body, dict):
+            return httpx.post(self.url + path, json=body, headers=headers, timeout=60)
+        return httpx.post(self.url + path, content=body, headers=headers, timeout=60)
+
+
+@pytest.fixture
+def api(write_csv: WriteCsv, tmp_path: Path) -> Iterator[Api]:
+    rows = [{**GOOD_ROW, "patient_ref": f"p-{i:04d}"} for i in range(150)]
+    clinics = [
+        ClinicNode(name, path, tmp_path / "state" / name, name)
+        for name, path in (
+            (name, write_csv(rows, name=f"{name}.csv")) for name in ("north", "south")
+        )
+    ]
+    model_path = tmp_path / "model.pt"
+    save_model(build_model(seed=1), model_path, Task.UNTREATED_CARIES, {})
+    database = f"sqlite:///{tmp_path / 'coordinator.db'}"
+    store = CoordinatorStore(database)
+    token = create_token(store, "alice", epsilon_cap=1.0)
+    app = create_app(
+        store,
+        lambda spec, policy, who: answer_in_process(clinics, spec, policy, who),
+        database,
+        model_path=model_path,
+        reference=clinics[0].data_path,
+    )
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield Api(f"http://127.0.0.1:{port}", token, store, clinics)
+    server.should_exit = True
+    thread.join(timeout=10)
+    store.close()
+
+
+def test_tokens_are_stored_hashed(api: Api) -> None:
+    from sqlalchemy.orm import Session
+
+    with Session(api.store.engine) as session:
+        [row] = session.query(ApiTokenRow).all()
+    secret = api.token.partition(".")[2]
+    assert secret not in (row.secret_hash, row.salt, row.token_id)
+    assert row.epsilon_cap == 1.0
+
+
+def test_a_query_round_trip_answers_and_spends_the_token_budget(api: Api) -> None:
+    response = api.post("/v1/queries", QUERY)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["privacy"]["epsilon"] == 0.5 and answer["requester"] == "alice"
+    assert sorted(p["clinic"] for p in answer["participants"]) == ["north", "south"]
+    [cell] = answer["cells"]
+    assert not cell["suppressed"]  # every test patient is caries-free: prevalence 0
+    assert abs(cell["value"]["value"]) < 5 * cell["value"]["standard_error"]
+    status = httpx.get(
+        api.url + "/v1/token", headers={"Authorization": f"Bearer {api.token}"}
+    ).json()
+    assert status["epsilon_spent"] == 0.5 and status["epsilon_left"] == 0.5
+
+
+def test_the_token_cap_refuses_before_any_clinic_is_asked(api: Api) -> None:
+    assert api.post("/v1/queries", {**QUERY, "epsilon": 0.8}).status_code == 200
+    refused = api.post("/v1/queries", {**QUERY, "epsilon": 0.5})
+    assert refused.status_code == 403
+    assert "token budget exhausted" in refused.json()["error"]
+    assert len(api.store.queries("alice")) == 1  # nothing new recorded, nothing charged
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b"{not json", 400, "malformed JSON body"),
+        (b"[1, 2]", 400, "must be an object"),
+        ({**QUERY, "column": "shoe_size"}, 400, "unknown column 'shoe_size'"),
+        ({**QUERY, "group_by": ["bmi"]}, 400, "'bmi' is continuous"),
+        ({**QUERY, "epsilon": 0}, 400, "epsilon: Input should be greater than 0"),
+        ({**QUERY, "epsilon": -1}, 400, "epsilon"),
+    ],
+)
+def test_bad_queries_get_a_4xx_and_spend_nothing(
+    api: Api, body: bytes | dict, status: int, message: str
+) -> None:
+    response = api.post("/v1/queries", body)
+    assert response.status_code == status
+    assert message in response.json()["error"]
+    assert api.store.queries() == []
+
+
+@pytest.mark.parametrize("token", ["", "ofi_0000.wrong", "garbage"])
+def test_missing_or_wrong_tokens_are_refused(api: Api, token: str) -> None:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = httpx.post(api.url + "/v1/queries", json=QUERY, headers=headers, timeout=30)
+    assert response.status_code == 401
+    wrong_secret = api.token.partition(".")[0] + ".not-the-secret"
+    assert api.post("/v1/queries", QUERY, token=wrong_secret).status_code == 401
+    assert api.store.queries() == []
+
+
+def test_risk_and_effects_and_the_openapi_description(api: Api) -> None:
+    risk = api.post("/v1/risk", {"age_years": 40, "smoking_status": "current"})
+    assert risk.status_code == 200 and 0 < risk.json()["risk"] < 1
+    bad = api.post("/v1/risk", {"age_years": 400})
+    assert bad.status_code == 400 and "age_years" in bad.json()["error"]
+    effects = httpx.get(
+        api.url + "/v1/effects", headers={"Authorization": f"Bearer {api.token}"}, timeout=60
+    )
+    assert effects.status_code == 200
+    assert effects.json()["reference_patients"] == 150
+    schema = httpx.get(api.url + "/openapi.json").json()
+    assert {"/v1/queries", "/v1/risk", "/v1/effects", "/v1/token"} <= set(schema["paths"])

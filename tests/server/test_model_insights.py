@@ -1,0 +1,72 @@
+"""Model insights: risk for a profile and habit effects, from a saved model and no data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from client.model import build_model
+from schemas.features import FEATURE_NAMES, Task
+from server.model_insights import (
+    HABIT_CHANGES,
+    HabitChange,
+    ProfileError,
+    habit_effects,
+    plot_effects,
+    predict_risk,
+    profile_record,
+    reference_population,
+)
+
+
+def smoking_only_model() -> torch.nn.Module:
+    """A linear model whose logit is +2 for current smokers and nothing else."""
+    model = build_model(hidden_sizes=())
+    with torch.no_grad():
+        layer = model.layers[0]
+        layer.weight.zero_()
+        layer.bias.zero_()
+        layer.weight[0, FEATURE_NAMES.index("smoking_status=current")] = 2.0
+    return model
+
+
+def test_profile_defaults_and_errors_name_the_field() -> None:
+    record = profile_record({"age_years": 70, "smoking_status": "current"})
+    assert record.age_years == 70 and record.brushing_per_day == 2
+    with pytest.raises(ProfileError, match="age_years"):
+        profile_record({"age_years": 400})
+
+
+def test_risk_follows_the_model() -> None:
+    model = smoking_only_model()
+    smoker, never = (profile_record({"smoking_status": s}) for s in ("current", "never"))
+    risks = predict_risk(model, [smoker, never])
+    assert risks[0] == pytest.approx(torch.sigmoid(torch.tensor(2.0)).item(), abs=1e-6)
+    assert risks[1] == pytest.approx(0.5, abs=1e-6)
+
+
+def test_effects_are_averaged_over_the_reference_population() -> None:
+    population = reference_population(seed=3)[:300]
+    effects = {e.change.column: e for e in habit_effects(smoking_only_model(), population)}
+    assert {c.column for c in HABIT_CHANGES} == set(effects)
+    smoking = effects["smoking_status"]
+    expected = 0.5 - torch.sigmoid(torch.tensor(2.0)).item()
+    assert smoking.difference == pytest.approx(expected, abs=1e-6)
+    assert effects["brushing_per_day"].difference == pytest.approx(0.0, abs=1e-9)
+
+
+def test_reference_file_excludes_care_only_rows(write_csv, tmp_path: Path) -> None:
+    from tests.conftest import GOOD_ROW
+
+    rows = [{**GOOD_ROW, "patient_ref": f"p{i}"} for i in range(5)]
+    rows += [{**GOOD_ROW, "patient_ref": f"c{i}", "consent_tier": "care_only"} for i in range(3)]
+    assert len(reference_population(write_csv(rows))) == 5
+
+
+def test_the_chart_is_a_png(tmp_path: Path) -> None:
+    change = HabitChange("smoking", "smoking_status", "current", "never")
+    effects = habit_effects(smoking_only_model(), reference_population(seed=3)[:50], [change])
+    path = plot_effects(effects, Task.UNTREATED_CARIES, tmp_path / "chart.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
