@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,6 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cli.output import UserError, console, error_console, print_json
+from cli.run_options import federation_settings, new_run_folder
 from client.data import load_clinic_data, training_records
 from client.model import load_model
 from client.node import DEFAULT_EPSILON_CAP, ClinicNode
@@ -24,7 +24,7 @@ from schemas.synthetic import write_federation
 from server.app import GLOBAL_MODEL_FILE
 from server.baselines import compare_with_baselines
 from server.report import build_report
-from server.settings import FederationSettings, SettingsError
+from server.settings import FederationSettings
 from server.simulation import launch_simulation
 
 REPORT_FILE = "report.json"
@@ -93,34 +93,25 @@ def federate(
     ] = False,
 ) -> None:
     """Run a differentially private federation of clinics with Flower's Simulation Engine."""
-    if target_epsilon is not None and noise_multiplier is not None:
-        raise UserError("give at most one of --target-epsilon and --noise-multiplier")
-    if target_epsilon is None and noise_multiplier is None:
-        target_epsilon = 3.0
     if not epsilon_cap > 0:
         raise UserError(f"--epsilon-cap must be positive, got {epsilon_cap}")
-    out = out or Path("runs") / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"--out {out} already holds files; choose a new folder")
-    try:
-        settings = FederationSettings(
-            rounds=rounds,
-            strategy=strategy,
-            proximal_mu=proximal_mu,  # type: ignore[arg-type]
-            local_epochs=local_epochs,
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-            clip_norm=clip_norm,
-            target_epsilon=target_epsilon,
-            noise_multiplier=noise_multiplier,
-            seed=seed,
-            min_clinics=min_clinics,
-            task=task,
-            dp_engine=dp_engine,
-            out_dir=out.resolve(),
-        )
-    except SettingsError as error:
-        raise UserError(str(error)) from None
+    out = new_run_folder(out)
+    settings = federation_settings(
+        rounds=rounds,
+        strategy=strategy,
+        proximal_mu=proximal_mu,
+        local_epochs=local_epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        clip_norm=clip_norm,
+        target_epsilon=target_epsilon,
+        noise_multiplier=noise_multiplier,
+        seed=seed,
+        min_clinics=min_clinics,
+        task=task,
+        dp_engine=dp_engine,
+        out_dir=out.resolve(),
+    )
     state_root = (
         state_dir or (out / "state" if data is None else Path(".oralfed/state"))
     ).resolve()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -13,9 +12,10 @@ from rich.table import Table
 from cli.deploy import DEFAULT_FEDERATION_DIR, FederationDir
 from cli.federate import render_report
 from cli.output import UserError, console, print_json
+from cli.run_options import federation_settings, new_run_folder
+from schemas.protocol import DEFAULT_DP_ENGINE
 from server.launch import launch_run, list_runs, stop_run
 from server.provisioning import FederationConfig
-from server.settings import FederationSettings, SettingsError
 
 app = typer.Typer(help="Run federations on the deployed coordinator.", no_args_is_help=True)
 
@@ -39,6 +39,9 @@ def launch(
     clip_norm: Annotated[float, typer.Option(help="Per-sample clipping norm C.")] = 1.0,
     strategy: Annotated[str, typer.Option(help="fedavg or fedprox.")] = "fedavg",
     proximal_mu: Annotated[float, typer.Option(help="FedProx μ.")] = 0.01,
+    dp_engine: Annotated[
+        str, typer.Option(help="DP-SGD engine at the clinics: fast (default) or opacus.")
+    ] = DEFAULT_DP_ENGINE,
     min_clinics: Annotated[
         int, typer.Option(min=1, help="Stop if fewer clinics train in a round.")
     ] = 2,
@@ -57,35 +60,27 @@ def launch(
     as_json: Annotated[bool, typer.Option("--json", help="Print report.json at the end.")] = False,
 ) -> None:
     """Start a run on the SuperLink (`flwr run`), stream its progress, print the report."""
-    if target_epsilon is not None and noise_multiplier is not None:
-        raise UserError("give at most one of --target-epsilon and --noise-multiplier")
-    if target_epsilon is None and noise_multiplier is None:
-        target_epsilon = 3.0
     if not round_timeout > 0:
         raise UserError(f"--round-timeout must be positive, got {round_timeout}")
     FederationConfig.load(federation_dir)  # a clear error before anything starts
-    out = out or Path("runs") / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"--out {out} already holds files; choose a new folder")
-    try:
-        settings = FederationSettings(
-            rounds=rounds,
-            strategy=strategy,  # type: ignore[arg-type]
-            proximal_mu=proximal_mu,
-            local_epochs=local_epochs,
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-            clip_norm=clip_norm,
-            target_epsilon=target_epsilon,
-            noise_multiplier=noise_multiplier,
-            seed=seed,
-            min_clinics=min_clinics,
-            round_timeout=round_timeout,
-            out_dir=out.resolve(),
-            coordinator_url=coordinator_url,
-        )
-    except SettingsError as error:
-        raise UserError(str(error)) from None
+    out = new_run_folder(out)
+    settings = federation_settings(
+        rounds=rounds,
+        strategy=strategy,
+        proximal_mu=proximal_mu,
+        local_epochs=local_epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        clip_norm=clip_norm,
+        target_epsilon=target_epsilon,
+        noise_multiplier=noise_multiplier,
+        seed=seed,
+        min_clinics=min_clinics,
+        round_timeout=round_timeout,
+        dp_engine=dp_engine,
+        out_dir=out.resolve(),
+        coordinator_url=coordinator_url,
+    )
 
     def show(line: str) -> None:
         if PROGRESS_LINE.search(line):

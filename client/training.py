@@ -161,27 +161,6 @@ def apply_proximal_step(
             weight.sub_(learning_rate * mu * (weight - global_weight))
 
 
-def train_plain(
-    model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int, seed: int
-) -> float:
-    """Non-private training (Adam, in-memory shuffling): the baselines' trainer."""
-    generator = torch.Generator().manual_seed(seed)
-    features, labels = torch.from_numpy(x), torch.from_numpy(y)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    criterion = nn.BCEWithLogitsLoss()
-    model.train()
-    loss = torch.tensor(float("nan"))
-    for _ in range(epochs):
-        order = torch.randperm(len(labels), generator=generator)
-        for start in range(0, len(labels), batch_size):
-            batch = order[start : start + batch_size]
-            optimizer.zero_grad()
-            loss = criterion(model(features[batch]), labels[batch])
-            loss.backward()
-            optimizer.step()
-    return float(loss.detach())
-
-
 @dataclass(frozen=True)
 class Evaluation:
     loss: float

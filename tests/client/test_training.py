@@ -18,10 +18,10 @@ from client.training import (
     evaluate,
     plan_dp_round,
     train_dp_opacus,
-    train_plain,
 )
 from privacy.calibration import dpsgd_epsilon
 from schemas.features import NUM_FEATURES, Task
+from server.baselines import train_with_early_stopping
 
 
 def toy_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -108,10 +108,9 @@ def test_proximal_step_pulls_towards_the_global_model() -> None:
     assert norm_after == pytest.approx(0.9 * norm_before)
 
 
-def test_plain_training_and_evaluation() -> None:
+def test_baseline_training_with_early_stopping_and_evaluation() -> None:
     x, y = toy_data(1000)
-    model = build_model(seed=4)
-    train_plain(model, x, y, epochs=5, batch_size=64, seed=4)
+    model = train_with_early_stopping(build_model(seed=4), x, y, seed=4)
     result = evaluate(model, x, y)
     assert result.auc is not None and result.auc > 0.9
     assert 0.5 < result.accuracy <= 1.0 and result.num_examples == 1000

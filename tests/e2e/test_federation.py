@@ -59,8 +59,14 @@ def federate(
 
 
 def ray_processes() -> list[str]:
-    listing = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return [line for line in listing.splitlines() if "raylet" in line or "gcs_server" in line]
+    """Ray's daemons still alive. Zombies (state Z) are left out: they are dead processes
+    whose exit status waits for a reaper, which a container's init may never be."""
+    listing = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True, text=True).stdout
+    return [
+        line
+        for line in listing.splitlines()
+        if not line.lstrip().startswith("Z") and ("raylet" in line or "gcs_server" in line)
+    ]
 
 
 @pytest.fixture(scope="module")
