@@ -19,13 +19,14 @@ from client.node import ClinicNode, NodeConfigError, resolve_clinic_node
 from client.query import handle_query
 from client.training import TrainingConfigError, evaluate, plan_dp_round
 from privacy.audit import DATA_IMPORTED
-from privacy.calibration import default_delta
+from privacy.calibration import CalibrationCache, default_delta
 from privacy.ledger import Budget, BudgetExceeded, LedgerError, PrivacyLedger
 from schemas import protocol
 from schemas.features import Task
 from schemas.importer import ContractError, ImportResult
 
 Handler = Callable[[Message, ClinicNode], Message]
+CALIBRATION_CACHE_FILE = "calibration-cache.json"
 
 
 def make_client_app(manifest: list[ClinicNode] | None = None) -> ClientApp:
@@ -76,6 +77,7 @@ def handle_train(msg: Message, node: ClinicNode) -> Message:
             target_epsilon=target if target > 0 else None,
             noise_multiplier=sigma if sigma > 0 else None,
             proximal_mu=float(config.get(protocol.CFG_PROXIMAL_MU, 0.0)),
+            calibration_cache=CalibrationCache(node.state_dir / CALIBRATION_CACHE_FILE),
         )
         try:
             charge = ledger.charge(

@@ -6,10 +6,13 @@ calibrated here for a target ε is exactly what the ledger will charge for that 
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 from privacy.accountants import DEFAULT_ACCOUNTANT, get_accountant
 from privacy.events import MIN_NOISE_MULTIPLIER, DpSgdEvent
+from schemas.importer import write_text_atomically
 
 # Past this sigma the model learns nothing; a target that needs more is a budget that is too small.
 _MAX_NOISE_MULTIPLIER = 1e4
@@ -100,3 +103,40 @@ def default_delta(n_records: int) -> float:
     while 10**exponent < 10 * n_records:
         exponent += 1
     return 10.0**-exponent
+
+
+class CalibrationCache:
+    """Noise multipliers already calibrated, kept in a small JSON file.
+
+    A deployed clinic answers every Flower message in a fresh process, so an in-memory cache
+    never hits there and each round would repeat the same seconds-long bisection. The key
+    holds every input of the calibration, so a cached σ is exactly what a fresh calibration
+    returns; the file is rewritten atomically, and an unreadable one is simply recomputed.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def noise_multiplier(
+        self,
+        target_epsilon: float,
+        sample_rate: float,
+        steps: int,
+        delta: float,
+        accountant: str = DEFAULT_ACCOUNTANT,
+    ) -> float:
+        key = json.dumps([target_epsilon, sample_rate, steps, delta, accountant])
+        entries = self._read()
+        if key not in entries:
+            entries[key] = noise_multiplier_for_epsilon(
+                target_epsilon, sample_rate, steps, delta, accountant
+            )
+            write_text_atomically(self.path, json.dumps(entries, indent=1))
+        return float(entries[key])
+
+    def _read(self) -> dict[str, float]:
+        try:
+            entries = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return entries if isinstance(entries, dict) else {}

@@ -131,3 +131,8 @@ def test_split_is_stable_and_about_one_fifth() -> None:
     share = sum(map(is_test_patient, refs)) / len(refs)
     assert 0.17 < share < 0.23
     assert [is_test_patient(r) for r in refs[:50]] == [is_test_patient(r) for r in refs[:50]]
+
+
+def test_a_target_no_noise_can_reach_is_a_clear_training_error() -> None:
+    with pytest.raises(TrainingConfigError, match="no noise multiplier"):
+        plan(noise_multiplier=None, target_epsilon=1e-6, n_train=100, batch_size=100)
