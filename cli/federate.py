@@ -12,7 +12,21 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cli.output import UserError, console, error_console, print_json
-from cli.run_options import federation_settings, new_run_folder
+from cli.run_options import (
+    BatchSize,
+    ClipNorm,
+    DpEngine,
+    LearningRate,
+    LocalEpochs,
+    MinClinics,
+    NoiseMultiplier,
+    ProximalMu,
+    Rounds,
+    Strategy,
+    TargetEpsilon,
+    federation_settings,
+    new_run_folder,
+)
 from client.data import load_clinic_data, training_records
 from client.model import load_model
 from client.node import DEFAULT_EPSILON_CAP, ClinicNode
@@ -41,31 +55,17 @@ def federate(
             help="Folder of clinic files, one per clinic; the file name is the clinic id."
         ),
     ] = None,
-    rounds: Annotated[int, typer.Option(min=1, help="Federation rounds.")] = 5,
-    target_epsilon: Annotated[
-        float | None, typer.Option(help="ε per clinic over the whole run (default 3).")
-    ] = None,
-    noise_multiplier: Annotated[
-        float | None, typer.Option(help="Fixed σ instead of a target ε.")
-    ] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Expected DP-SGD batch size.")] = 64,
-    local_epochs: Annotated[int, typer.Option(min=1, help="Local epochs per round.")] = 2,
-    learning_rate: Annotated[
-        float, typer.Option(help="Clinic learning rate (SGD, momentum 0.9).")
-    ] = 0.1,
-    clip_norm: Annotated[float, typer.Option(help="Per-sample gradient clipping norm C.")] = 1.0,
-    strategy: Annotated[str, typer.Option(help="fedavg or fedprox.")] = "fedavg",
-    proximal_mu: Annotated[float, typer.Option(help="FedProx μ.")] = 0.01,
-    dp_engine: Annotated[
-        str,
-        typer.Option(
-            help="DP-SGD engine: fast (default) or opacus (Opacus make_private, the slower "
-            "reference); the same mechanism, so the same ε."
-        ),
-    ] = protocol.DEFAULT_DP_ENGINE,
-    min_clinics: Annotated[
-        int, typer.Option(min=1, help="Stop if fewer clinics train in a round.")
-    ] = 2,
+    rounds: Rounds = 5,
+    target_epsilon: TargetEpsilon = None,
+    noise_multiplier: NoiseMultiplier = None,
+    batch_size: BatchSize = 64,
+    local_epochs: LocalEpochs = 2,
+    learning_rate: LearningRate = 0.1,
+    clip_norm: ClipNorm = 1.0,
+    strategy: Strategy = "fedavg",
+    proximal_mu: ProximalMu = 0.01,
+    dp_engine: DpEngine = protocol.DEFAULT_DP_ENGINE,
+    min_clinics: MinClinics = 2,
     epsilon_cap: Annotated[
         float,
         typer.Option(

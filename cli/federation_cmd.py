@@ -12,7 +12,21 @@ from rich.table import Table
 from cli.deploy import DEFAULT_FEDERATION_DIR, FederationDir
 from cli.federate import render_report
 from cli.output import UserError, console, print_json
-from cli.run_options import federation_settings, new_run_folder
+from cli.run_options import (
+    BatchSize,
+    ClipNorm,
+    DpEngine,
+    LearningRate,
+    LocalEpochs,
+    MinClinics,
+    NoiseMultiplier,
+    ProximalMu,
+    Rounds,
+    Strategy,
+    TargetEpsilon,
+    federation_settings,
+    new_run_folder,
+)
 from schemas.protocol import DEFAULT_DP_ENGINE
 from server.launch import launch_run, list_runs, stop_run
 from server.provisioning import FederationConfig
@@ -26,25 +40,17 @@ PROGRESS_LINE = re.compile(r"\[ROUND|configure_|aggregate_|Waiting for nodes|WAR
 @app.command()
 def launch(
     federation_dir: FederationDir = DEFAULT_FEDERATION_DIR,
-    rounds: Annotated[int, typer.Option(min=1, help="Federation rounds.")] = 5,
-    target_epsilon: Annotated[
-        float | None, typer.Option(help="ε per clinic over the whole run (default 3).")
-    ] = None,
-    noise_multiplier: Annotated[
-        float | None, typer.Option(help="Fixed σ instead of a target ε.")
-    ] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Expected DP-SGD batch size.")] = 64,
-    local_epochs: Annotated[int, typer.Option(min=1, help="Local epochs per round.")] = 2,
-    learning_rate: Annotated[float, typer.Option(help="Clinic learning rate.")] = 0.1,
-    clip_norm: Annotated[float, typer.Option(help="Per-sample clipping norm C.")] = 1.0,
-    strategy: Annotated[str, typer.Option(help="fedavg or fedprox.")] = "fedavg",
-    proximal_mu: Annotated[float, typer.Option(help="FedProx μ.")] = 0.01,
-    dp_engine: Annotated[
-        str, typer.Option(help="DP-SGD engine at the clinics: fast (default) or opacus.")
-    ] = DEFAULT_DP_ENGINE,
-    min_clinics: Annotated[
-        int, typer.Option(min=1, help="Stop if fewer clinics train in a round.")
-    ] = 2,
+    rounds: Rounds = 5,
+    target_epsilon: TargetEpsilon = None,
+    noise_multiplier: NoiseMultiplier = None,
+    batch_size: BatchSize = 64,
+    local_epochs: LocalEpochs = 2,
+    learning_rate: LearningRate = 0.1,
+    clip_norm: ClipNorm = 1.0,
+    strategy: Strategy = "fedavg",
+    proximal_mu: ProximalMu = 0.01,
+    dp_engine: DpEngine = DEFAULT_DP_ENGINE,
+    min_clinics: MinClinics = 2,
     round_timeout: Annotated[
         float,
         typer.Option(help="Seconds a round waits for replies (and for clinics to connect)."),

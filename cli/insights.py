@@ -22,6 +22,7 @@ from schemas.query import (
     Measure,
     Mechanism,
     QueryError,
+    QuerySpec,
     parse_query,
 )
 from schemas.synthetic import write_federation
@@ -33,6 +34,7 @@ from server.insights import (
     SuppressionPolicy,
     answer_in_process,
 )
+from server.launch import DeployedQueryError, launch_query
 from server.model_insights import (
     ProfileError,
     habit_effects,
@@ -155,9 +157,16 @@ def query(
         Path | None, typer.Option(help="Coordinator database (default <out>/coordinator.db).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed for synthetic clinics.")] = 7,
+    federation_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Ask the clinic nodes of this deployed federation (its coordinator must be "
+            "running) instead of simulated clinics."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
 ) -> None:
-    """Ask every clinic (Flower simulation) for a differentially private aggregate."""
+    """Ask every clinic (simulated, or a deployed federation) for a DP aggregate."""
     raw: dict[str, Any] = {
         "measure": measure.value,
         "column": column,
@@ -178,6 +187,9 @@ def query(
         raise UserError(_option_names(str(error))) from None
     out = (out or Path("runs") / datetime.now(UTC).strftime("insights-%Y%m%dT%H%M%SZ")).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if federation_dir is not None:
+        _query_deployment(federation_dir, spec, policy, out, coordinator_db, as_json)
+        return
     nodes = _clinic_nodes(clinics, data, state_dir, out, seed)
     database = (coordinator_db or out / "coordinator.db").resolve()
     settings = QuerySettings(
@@ -206,6 +218,34 @@ def query(
     else:
         render_answer(answers[0])
         console.print(f"\nRecorded in {database}; simulation log in {out / 'federation.log'}")
+
+
+def _query_deployment(
+    federation_dir: Path,
+    spec: QuerySpec,
+    policy: SuppressionPolicy,
+    out: Path,
+    coordinator_db: Path | None,
+    as_json: bool,
+) -> None:
+    """The same query through the deployed coordinator (``flwr run`` on its SuperLink)."""
+    settings = QuerySettings(
+        query=spec.model_dump(mode="json"),
+        cell_floor=policy.cell_floor,
+        clinic_min_records=policy.clinic_min_records,
+        allow_below_defaults=policy.allow_below_defaults,
+        coordinator_db=f"sqlite:///{coordinator_db.resolve()}" if coordinator_db else None,
+        out_dir=str(out),
+    )
+    with console.status(f"Asking the deployed clinics: {spec.describe()} ..."):
+        try:
+            answer = launch_query(federation_dir, settings, lambda _line: None)
+        except DeployedQueryError as error:
+            raise UserError(f"the query did not complete: {error}") from None
+    if as_json:
+        print_json(answer)
+    else:
+        render_answer(answer)
 
 
 def render_answer(answer: dict[str, Any]) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from cli.output import UserError
 from server.settings import FederationSettings, SettingsError
@@ -35,3 +37,25 @@ def federation_settings(
         )
     except SettingsError as error:
         raise UserError(str(error)) from None
+
+
+# The training options both commands take, declared once (Typer reads the Annotated alias).
+Rounds = Annotated[int, typer.Option(min=1, help="Federation rounds.")]
+TargetEpsilon = Annotated[
+    float | None, typer.Option(help="ε per clinic over the whole run (default 3).")
+]
+NoiseMultiplier = Annotated[float | None, typer.Option(help="Fixed σ instead of a target ε.")]
+BatchSize = Annotated[int, typer.Option(min=1, help="Expected DP-SGD batch size.")]
+LocalEpochs = Annotated[int, typer.Option(min=1, help="Local epochs per round.")]
+LearningRate = Annotated[float, typer.Option(help="Clinic learning rate (SGD, momentum 0.9).")]
+ClipNorm = Annotated[float, typer.Option(help="Per-sample gradient clipping norm C.")]
+Strategy = Annotated[str, typer.Option(help="fedavg or fedprox.")]
+ProximalMu = Annotated[float, typer.Option(help="FedProx μ.")]
+DpEngine = Annotated[
+    str,
+    typer.Option(
+        help="DP-SGD engine at the clinics: fast (default) or opacus (Opacus make_private, "
+        "the slower reference); the same mechanism, so the same ε."
+    ),
+]
+MinClinics = Annotated[int, typer.Option(min=1, help="Stop if fewer clinics train in a round.")]

@@ -22,6 +22,7 @@ from server.strategy import RoundCallback, make_strategy
 GLOBAL_MODEL_FILE = "global_model.pt"
 COORDINATOR_URL_ENV = "ORALFED_COORDINATOR_URL"
 HISTORY_FILE = "history.json"
+QUERY_JSON_KEY = "query-json"
 
 
 @dataclass
@@ -125,6 +126,13 @@ def make_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
+        if settings is None and context.run_config.get(QUERY_JSON_KEY):
+            # A deployment has one ServerApp: a run config holding a query asks a question
+            # (`oralfed insights query --federation-dir`) instead of training.
+            from server.insights import QuerySettings, answer_one_query
+
+            answer_one_query(grid, QuerySettings.from_run_config(dict(context.run_config)))
+            return
         effective = settings or FederationSettings.from_run_config(context.run_config)
         outcome = FederationOutcome(run_id=uuid.uuid4().hex, settings=effective)
         if outcome_sink is not None:

@@ -43,8 +43,11 @@ from privacy.mechanisms import (
     quantile_estimate,
     ratio,
 )
+from schemas.importer import write_text_atomically
 from schemas.query import Measure, QuerySpec, parse_query
 from server.coordinator_db import CoordinatorStore, _replace_non_finite
+
+ANSWER_FILE = "answer.json"
 
 CMS_CELL_FLOOR = 11  # CMS cell-size suppression policy for health statistics
 NODE_WAIT_POLL_SECONDS = 1.0
@@ -297,6 +300,7 @@ class QuerySettings:
     expected_clinics: int | None = None
     timeout: float = 300.0
     requester: str | None = None
+    out_dir: str | None = None  # deployed runs: where the ServerApp writes answer.json
 
     @property
     def spec(self) -> QuerySpec:
@@ -318,8 +322,21 @@ class QuerySettings:
             query=json.loads(str(run_config["query-json"])),
             cell_floor=int(run_config.get("cell-floor", CMS_CELL_FLOOR)),
             clinic_min_records=int(run_config.get("clinic-min-records", CLINIC_MIN_RECORDS)),
+            allow_below_defaults=bool(run_config.get("allow-small-floors", False)),
             coordinator_db=str(run_config.get("coordinator-url") or "") or None,
+            out_dir=str(run_config.get("out-dir") or "") or None,
         )
+
+    def run_config(self) -> dict[str, Any]:
+        """The ``--run-config`` values of a deployed query (inverse of ``from_run_config``)."""
+        return {
+            "query-json": json.dumps(self.query),
+            "cell-floor": self.cell_floor,
+            "clinic-min-records": self.clinic_min_records,
+            "allow-small-floors": self.allow_below_defaults,
+            "coordinator-url": self.coordinator_db or "",
+            "out-dir": self.out_dir or "",
+        }
 
 
 @dataclass
@@ -353,6 +370,41 @@ def run_and_record(
     return answer
 
 
+def answer_one_query(
+    grid: Grid,
+    settings: QuerySettings,
+    outcome_sink: list[QueryOutcome] | None = None,
+    on_answer: Callable[[InsightAnswer], None] | None = None,
+) -> InsightAnswer:
+    """Ask the clinics on ``grid``, record the answer, and leave it where the launcher looks:
+    ``outcome_sink``/``on_answer`` in a simulation, ``<out-dir>/answer.json`` on a deployment."""
+    outcome = QueryOutcome(run_id=uuid.uuid4().hex)
+    if outcome_sink is not None:
+        outcome_sink.append(outcome)
+    spec, policy = settings.spec, settings.policy
+    try:
+        answer = run_and_record(
+            lambda: run_query(
+                grid,
+                spec,
+                policy,
+                expected_clinics=settings.expected_clinics,
+                timeout=settings.timeout,
+                requester=settings.requester,
+            ),
+            settings.coordinator_db,
+        )
+    except BaseException as error:
+        outcome.status, outcome.message = "failed", str(error) or type(error).__name__
+        raise
+    outcome.answer, outcome.status = answer, "completed"
+    if settings.out_dir:
+        write_text_atomically(Path(settings.out_dir) / ANSWER_FILE, json.dumps(answer.to_dict()))
+    if on_answer is not None:
+        on_answer(answer)
+    return answer
+
+
 def make_query_server_app(
     settings: QuerySettings | None = None,
     outcome_sink: list[QueryOutcome] | None = None,
@@ -364,28 +416,7 @@ def make_query_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         effective = settings or QuerySettings.from_run_config(dict(context.run_config))
-        outcome = QueryOutcome(run_id=uuid.uuid4().hex)
-        if outcome_sink is not None:
-            outcome_sink.append(outcome)
-        spec, policy = effective.spec, effective.policy
-        try:
-            answer = run_and_record(
-                lambda: run_query(
-                    grid,
-                    spec,
-                    policy,
-                    expected_clinics=effective.expected_clinics,
-                    timeout=effective.timeout,
-                    requester=effective.requester,
-                ),
-                effective.coordinator_db,
-            )
-        except BaseException as error:
-            outcome.status, outcome.message = "failed", str(error) or type(error).__name__
-            raise
-        outcome.answer, outcome.status = answer, "completed"
-        if on_answer is not None:
-            on_answer(answer)
+        answer_one_query(grid, effective, outcome_sink, on_answer)
 
     return app
 
@@ -408,6 +439,5 @@ def _cell_dict(cell: CellAnswer) -> dict[str, Any]:
     return result
 
 
-# For a deployment: ``serverapp = "server.insights:query_app"`` with ``--run-config
-# 'query-json="{...}"'`` answers one query from the SuperNodes' ClientApps (client.app:app).
-query_app = make_query_server_app()
+# On a deployment the app's own ServerApp (server.app:app) answers a query when its run
+# config holds ``query-json`` (see ``oralfed insights query --federation-dir``).

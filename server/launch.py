@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from server.app import GLOBAL_MODEL_FILE, HISTORY_FILE
+from server.insights import ANSWER_FILE, QuerySettings
 from server.provisioning import FederationConfig, FederationPaths, flwr_cli
 from server.report import build_report
 from server.settings import FederationSettings
@@ -179,3 +180,26 @@ def run_status(fed_dir: Path, run_id: str) -> str:
 
 def stop_run(fed_dir: Path, run_id: str) -> None:
     flwr_cli(FederationPaths(fed_dir), "stop", run_id, "--format", "json")
+
+
+class DeployedQueryError(RuntimeError):
+    """A deployed query that produced no answer; the message says what Flower reported."""
+
+
+def launch_query(
+    fed_dir: Path,
+    settings: QuerySettings,
+    on_line: Callable[[str], None],
+    app_dir: Path = PROJECT_ROOT,
+) -> dict[str, Any]:
+    """Ask the deployed clinics one insight query through ``flwr run``; returns the answer
+    the ServerApp wrote to ``<out-dir>/answer.json``."""
+    assert settings.out_dir is not None, "a deployed query needs an out-dir on the coordinator"
+    out_dir = Path(settings.out_dir)
+    config_file = write_run_config(out_dir / RUN_CONFIG_FILE, settings.run_config())
+    run_id, failure = stream_run(fed_dir, app_dir, on_line, "--run-config", str(config_file))
+    answer_path = out_dir / ANSWER_FILE
+    if not answer_path.is_file():
+        status = run_status(fed_dir, run_id) if run_id else "failed"
+        raise DeployedQueryError(failure or f"the query run ended {status} without an answer")
+    return dict(json.loads(answer_path.read_text()))

@@ -314,6 +314,36 @@ def test_coordinator_never_receives_raw_records(
             assert set(entry["metrics"]) <= allowed, entry["metrics"]
 
 
+def test_a_dp_query_runs_on_the_deployment_and_is_charged_first(
+    deployment: Deployment, federation_run: dict[str, Any]
+) -> None:
+    """Issue 5 on the deployed path: the same ServerApp answers a query from the run config;
+    every clinic charges a Gaussian release to its ledger before it replies."""
+    completed = oralfed(
+        "insights",
+        "query",
+        "--federation-dir",
+        deployment.fed,
+        "--measure",
+        "proportion",
+        "--column",
+        "untreated_caries",
+        "--epsilon",
+        "1",
+        "--out",
+        deployment.root / "query1",
+        "--json",
+    )
+    answer = json.loads(completed.stdout)
+    assert sorted(p["clinic"] for p in answer["participants"]) == sorted(CLINICS)
+    assert not answer["refusals"]
+    [cell] = answer["cells"]
+    assert not cell["suppressed"] and 0 < cell["value"]["value"] < 1
+    for clinic in CLINICS:
+        with PrivacyLedger.in_state_dir(deployment.root / "state" / clinic) as ledger:
+            assert [type(c.event).__name__ for c in ledger.history(clinic)][-1] == "GaussianEvent"
+
+
 def test_dead_node_does_not_hang_the_run_and_rejoins(
     deployment: Deployment, federation_run: dict[str, Any]
 ) -> None:
