@@ -77,7 +77,7 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Command: `{result['command']}`  ",
         f"Machine: {result['machine']}; wall time {result['wall_seconds']} s for the whole run "
-        "(federation + baselines).",
+        f"(federation + baselines); DP engine at the clinics: {result['settings']['dp_engine']}.",
         "",
         "| model (pooled test splits) | AUC | ratio to central |",
         "|---|---|---|",
