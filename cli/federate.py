@@ -48,7 +48,7 @@ CLINIC_FILE_SUFFIXES = (".csv", ".parquet", ".pq")
 def federate(
     clinics: Annotated[
         int, typer.Option(min=1, max=50, help="Synthetic clinics to create (ignored with --data).")
-    ] = 5,
+    ] = 10,
     data: Annotated[
         Path | None,
         typer.Option(
@@ -278,7 +278,7 @@ def render_report(report: dict[str, Any]) -> None:
             _fmt(row.get("federated_dp", {}).get("auc")),
             _fmt(row.get("local_only", {}).get("auc")),
             _fmt(row.get("central_pooled", {}).get("auc")),
-            "-" if spent is None else f"{spent:.2f}/{cap:.2f}",
+            "-" if spent is None else f"{spent:.2f}/{cap:g}",
             f"{row['delta']:.0e}" if row.get("delta") else "-",
             row.get("accountant") or "-",
         )
