@@ -24,7 +24,7 @@ from client.dp_engines import DP_ENGINES, DpEngine, FastDpEngine, get_dp_engine
 from client.dp_fast import GhostClipping, expected_batch_size, poisson_batches
 from client.model import build_model
 from client.node import ClinicNode
-from client.training import DpRoundPlan, TrainingConfigError, evaluate, plan_dp_round
+from client.training import TrainingConfigError, evaluate
 from privacy.events import DpSgdEvent
 from privacy.ledger import PrivacyLedger
 from schemas import protocol
@@ -32,6 +32,7 @@ from schemas.features import NUM_FEATURES
 from schemas.synthetic import write_federation
 from server.report import build_report
 from server.settings import FederationSettings, SettingsError
+from tests.client.helpers import plan, toy_data
 
 P_THRESHOLD = 1e-6  # per statistical check
 
@@ -44,28 +45,6 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def toy_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, NUM_FEATURES)).astype(np.float32)
-    y = (x[:, 0] + 0.5 * x[:, 1] + rng.normal(scale=0.5, size=n) > 0).astype(np.float32)
-    return x, y
-
-
-def plan(**changes: object) -> DpRoundPlan:
-    arguments: dict[str, object] = dict(
-        n_train=1000,
-        batch_size=64,
-        local_epochs=2,
-        learning_rate=0.1,
-        clip_norm=1.0,
-        total_rounds=5,
-        delta=1e-5,
-        noise_multiplier=1.0,
-    )
-    arguments.update(changes)
-    return plan_dp_round(**arguments)  # type: ignore[arg-type]
 
 
 class BiasFreeMlp(nn.Module):

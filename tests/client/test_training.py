@@ -16,34 +16,12 @@ from client.training import (
     TrainingConfigError,
     apply_proximal_step,
     evaluate,
-    plan_dp_round,
     train_dp_opacus,
 )
 from privacy.calibration import dpsgd_epsilon
-from schemas.features import NUM_FEATURES, Task
+from schemas.features import Task
 from server.baselines import train_with_early_stopping
-
-
-def toy_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, NUM_FEATURES)).astype(np.float32)
-    y = (x[:, 0] + 0.5 * x[:, 1] + rng.normal(scale=0.5, size=n) > 0).astype(np.float32)
-    return x, y
-
-
-def plan(**changes: object) -> object:
-    arguments = dict(
-        n_train=1000,
-        batch_size=64,
-        local_epochs=2,
-        learning_rate=0.1,
-        clip_norm=1.0,
-        total_rounds=5,
-        delta=1e-5,
-        noise_multiplier=1.0,
-    )
-    arguments.update(changes)
-    return plan_dp_round(**arguments)  # type: ignore[arg-type]
+from tests.client.helpers import plan, toy_data
 
 
 def test_sampling_rate_and_steps_follow_opacus_dataloader_rule() -> None:
