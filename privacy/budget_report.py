@@ -174,8 +174,8 @@ def build_report(
             )
             for charge, epsilon in zip(history, epsilons, strict=True)
         )
-    else:
-        spent = get_accountant(budget.accountant).epsilon(events, budget.delta)
+    else:  # the ledger already recomputed it over the same history for ``budget``
+        spent = budget.spent
     return DatasetBudgetReport(
         dataset_id=budget.dataset_id,
         accountant=budget.accountant,
