@@ -226,10 +226,11 @@ def test_clinic_refuses_to_start_on_a_file_that_fails_the_contract(
     assert not (deployment.root / "state" / "broken" / "supernode.log").exists()
 
 
-@pytest.fixture(scope="module")
-def federation_run(deployment: Deployment) -> dict[str, Any]:
-    out = deployment.root / "run1"
-    completed = oralfed(
+def launch_arguments(
+    deployment: Deployment, out: Path, *, min_clinics: int, timeout: int
+) -> tuple[str | Path, ...]:
+    """`oralfed federation launch` of a small 2-round run on the test deployment."""
+    return (
         "federation",
         "launch",
         "--federation-dir",
@@ -241,14 +242,19 @@ def federation_run(deployment: Deployment) -> dict[str, Any]:
         "--target-epsilon",
         "2",
         "--min-clinics",
-        "3",
+        str(min_clinics),
         "--round-timeout",
-        "120",
+        str(timeout),
         "--out",
         out,
         "--json",
-        check=False,
     )
+
+
+@pytest.fixture(scope="module")
+def federation_run(deployment: Deployment) -> dict[str, Any]:
+    out = deployment.root / "run1"
+    completed = oralfed(*launch_arguments(deployment, out, min_clinics=3, timeout=120), check=False)
     assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
     return json.loads((out / "report.json").read_text())
 
@@ -349,24 +355,7 @@ def test_dead_node_does_not_hang_the_run_and_rejoins(
 ) -> None:
     out = deployment.root / "run2"
     launch = deployment.start(
-        "launch2",
-        "federation",
-        "launch",
-        "--federation-dir",
-        deployment.fed,
-        "--rounds",
-        "2",
-        "--local-epochs",
-        "1",
-        "--target-epsilon",
-        "2",
-        "--min-clinics",
-        "2",
-        "--round-timeout",
-        "90",
-        "--out",
-        out,
-        "--json",
+        "launch2", *launch_arguments(deployment, out, min_clinics=2, timeout=90)
     )
     wait_for(lambda: "configure_train" in deployment.output("launch2"), 120, "round 1 to start")
     deployment.kill("clinic-03")
