@@ -11,7 +11,7 @@ import platform
 import subprocess
 from pathlib import Path
 
-from schemas.importer import write_text_atomically
+from oralfed.schemas.files import write_text_atomically
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 HEADER = "# Benchmarks\n\nEach section is written by the script it names; rerun it to refresh.\n"

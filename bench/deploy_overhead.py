@@ -39,31 +39,24 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.benchmarks_doc import machine_description, replace_section  # noqa: E402
-from client.data import _load_cached, load_clinic_data  # noqa: E402
-from client.dp_engines import get_dp_engine  # noqa: E402
-from client.model import build_model  # noqa: E402
-from client.supernode import SuperNodeOptions, start_supernode  # noqa: E402
-from client.training import evaluate, plan_dp_round  # noqa: E402
-from privacy.calibration import CalibrationCache  # noqa: E402
-from schemas.synthetic import write_federation  # noqa: E402
-from server.launch import launch_run, stream_run  # noqa: E402
-from server.provisioning import (  # noqa: E402
-    ClinicKit,
-    FederationConfig,
-    FederationPaths,
-    add_clinic,
-    init_federation,
-    register_pending,
-)
-from server.settings import FederationSettings  # noqa: E402
-from server.superlink import (  # noqa: E402
+from oralfed.client.data import _load_cached, load_clinic_data  # noqa: E402
+from oralfed.client.dp_engines import get_dp_engine  # noqa: E402
+from oralfed.client.training import evaluate, plan_dp_round  # noqa: E402
+from oralfed.deploy.federation_dir import FederationConfig, FederationPaths  # noqa: E402
+from oralfed.deploy.kit import ClinicKit  # noqa: E402
+from oralfed.deploy.launch import launch_run, stream_run  # noqa: E402
+from oralfed.deploy.processes import (  # noqa: E402
     TASK_POLL_ENV,
     TASK_POLL_SECONDS,
-    SuperLinkOptions,
-    start_superlink,
     stop_process_group,
-    wait_until_ready,
 )
+from oralfed.deploy.provisioning import add_clinic, init_federation, register_pending  # noqa: E402
+from oralfed.deploy.superlink import SuperLinkOptions, start_superlink, wait_until_ready  # noqa: E402
+from oralfed.deploy.supernode import SuperNodeOptions, start_supernode  # noqa: E402
+from oralfed.privacy.calibration import CalibrationCache  # noqa: E402
+from oralfed.schemas.model import build_model  # noqa: E402
+from oralfed.schemas.settings import FederationSettings  # noqa: E402
+from oralfed.schemas.synthetic import write_federation  # noqa: E402
 
 FLOWER_DEFAULT_POLL = 1.0
 POLL_SECONDS = {"bare": FLOWER_DEFAULT_POLL, "oralfed-flower-poll": FLOWER_DEFAULT_POLL}

@@ -41,13 +41,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.benchmarks_doc import machine_description, replace_section  # noqa: E402
-from client.dp_engines import get_dp_engine  # noqa: E402
-from client.dp_fast import expected_batch_size, poisson_batches  # noqa: E402
-from client.model import build_model  # noqa: E402
-from client.training import DpRoundPlan, plan_dp_round  # noqa: E402
-from schemas.features import Task, encode_features, encode_labels, has_label  # noqa: E402
-from schemas.importer import validate_row  # noqa: E402
-from schemas.synthetic import clinic_profiles, synthesize_clinic  # noqa: E402
+from oralfed.client.dp_engines import get_dp_engine  # noqa: E402
+from oralfed.client.dp_fast import expected_batch_size, poisson_batches  # noqa: E402
+from oralfed.client.training import DpRoundPlan, plan_dp_round  # noqa: E402
+from oralfed.schemas.features import Task, encode_features, encode_labels, has_label  # noqa: E402
+from oralfed.schemas.importer import validate_row  # noqa: E402
+from oralfed.schemas.model import build_model  # noqa: E402
+from oralfed.schemas.synthetic import clinic_profiles, synthesize_clinic  # noqa: E402
 
 MODELS: dict[str, tuple[int, ...]] = {
     "default 23-64-32-1": (64, 32),

@@ -30,12 +30,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.benchmarks_doc import machine_description, replace_section  # noqa: E402
-from client.query import ClinicAnswer, local_release, statistics_records  # noqa: E402
-from privacy.mechanisms import calibrate, releases_for  # noqa: E402
-from schemas.importer import import_file  # noqa: E402
-from schemas.query import parse_query  # noqa: E402
-from schemas.synthetic import write_federation  # noqa: E402
-from server.insights import SuppressionPolicy, combine  # noqa: E402
+from oralfed.client.query import local_release, statistics_records  # noqa: E402
+from oralfed.privacy.mechanisms import calibrate, releases_for  # noqa: E402
+from oralfed.schemas.importer import import_file  # noqa: E402
+from oralfed.schemas.query import parse_query  # noqa: E402
+from oralfed.schemas.query_messages import ClinicAnswer  # noqa: E402
+from oralfed.schemas.synthetic import write_federation  # noqa: E402
+from oralfed.server.insights import SuppressionPolicy, combine  # noqa: E402
 
 EPSILONS = (0.1, 0.5, 1.0)
 GROUPINGS = ("smoking_status", "age_band")
@@ -118,7 +119,7 @@ def simulated_query_seconds(seed: int) -> dict[str, float]:
         command = [
             sys.executable,
             "-m",
-            "cli",
+            "oralfed.cli",
             "insights",
             "query",
             "--measure",

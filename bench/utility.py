@@ -29,7 +29,8 @@ AUC_GAP_TARGET = 0.02
 
 def run_federation(arguments: list[str]) -> tuple[dict[str, Any], float]:
     with tempfile.TemporaryDirectory() as folder:
-        command = [sys.executable, "-m", "cli", "federate", "--out", f"{folder}/run", "--json"]
+        command = [sys.executable, "-m", "oralfed.cli", "federate", "--json"]
+        command += ["--out", f"{folder}/run"]
         started = time.perf_counter()
         completed = subprocess.run(command + arguments, capture_output=True, text=True, cwd=ROOT)
         elapsed = time.perf_counter() - started

@@ -1,5 +1,5 @@
-"""``python -m cli`` is the ``oralfed`` command (used by tests, works without the script)."""
+"""``python -m oralfed.cli`` is the ``oralfed`` command (used by tests and benchmarks)."""
 
-from cli.main import main
+from oralfed.cli.main import main
 
 main()

@@ -1,65 +1,66 @@
 """``oralfed audit``: check the signed audit log, export it, and report privacy budgets.
 
-Exit codes: 0 verified / done; 1 the log failed verification (the output says which entry
-and why); 2 the command could not run (bad option, unreadable file, wrong key format).
+Each command parses its options, calls one library function and renders the result:
+:func:`~oralfed.privacy.audit_targets.verify_target`,
+:func:`~oralfed.privacy.audit_targets.export_log`,
+:func:`~oralfed.privacy.budget_views.budget_view` and
+:func:`~oralfed.client.empirical_audit_run.audit_clinic_training`.
+
+Exit codes: 0 verified / done; 1 the log failed verification, or the empirical audit
+measured more leakage than the accountant charges (the output says which entry and why);
+otherwise the refusal's own code (``oralfed.schemas.errors.ExitCode``): 2 a bad option,
+3 unusable clinic data, 6 an unreadable ledger, 7 an unreadable log or key.
 """
 
 from __future__ import annotations
 
-import tempfile
-import warnings
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
-from sqlalchemy import URL
-from sqlalchemy.exc import SQLAlchemyError
 
-from cli.output import UserError, console, error_console, print_json
-from client.data import ClinicData, load_clinic_data
-from privacy.accountants import ACCOUNTANTS, DEFAULT_ACCOUNTANT
-from privacy.audit import (
-    AuditEntry,
-    AuditError,
-    AuditFailure,
-    VerificationResult,
-    cross_check_ledger,
-    json_safe,
-    read_database_log,
-    read_export,
-    verify_entries,
-    write_export,
+from oralfed.cli.output import UserError, console, error_console, print_json
+from oralfed.privacy.accountants import ACCOUNTANTS, DEFAULT_ACCOUNTANT
+from oralfed.privacy.audit_targets import (
+    EMBEDDED_KEY,
+    VerificationReport,
+    export_log,
+    verify_target,
 )
-from privacy.budget_report import DatasetBudgetReport, ledger_reports, reported_budgets
-from privacy.calibration import default_delta
-from privacy.keys import PUBLIC_KEY_FILE, AuditKeyError, load_public_key
-from privacy.ledger import PrivacyLedger
-from schemas.features import Task
-from schemas.protocol import DEFAULT_DP_ENGINE, DP_ENGINES
-from schemas.synthetic import write_federation
-from server.settings import FederationSettings
+from oralfed.privacy.budget_report import DatasetBudgetReport
+from oralfed.privacy.budget_views import FederationBudgets, budget_view
+from oralfed.schemas.errors import ExitCode
+from oralfed.schemas.features import Task
+from oralfed.schemas.settings import DpEngineName, FederationSettings, SettingsError
 
 if TYPE_CHECKING:  # torch is imported only when an empirical audit runs
-    from client.training import DpRoundPlan
+    from oralfed.client.empirical_audit import EmpiricalAuditResult
 
 app = typer.Typer(
     help="Verify and export the signed audit log; report privacy budgets.", no_args_is_help=True
 )
-
-# A clinic's log lives in its ledger; the coordinator's in its own database.
-LOG_DATABASES = ("ledger.db", "coordinator.db")
 
 StateDirOption = Annotated[
     Path | None,
     typer.Option(help="The node's state directory (holds ledger.db or coordinator.db)."),
 ]
 
-
 PLATFORM = FederationSettings()  # the defaults a federation trains with
+
+# The library names the settings it refuses; these are the options that set them here.
+_FLAGS = {
+    "state dir": "--state-dir",
+    "export file": "--file",
+    "target epsilon": "--target-epsilon",
+    "noise multiplier": "--noise-multiplier",
+    "delta": "--delta",
+    "accountant": "--accountant",
+    "confidence": "--confidence",
+}
 
 
 class ExportFormat(StrEnum):
@@ -67,32 +68,13 @@ class ExportFormat(StrEnum):
     CSV = "csv"
 
 
-def log_database(state_dir: Path) -> Path:
-    """The database holding the node's audit log; :class:`UserError` if there is none."""
-    if not state_dir.is_dir():
-        raise UserError(f"--state-dir {state_dir}: no such directory")
-    for name in LOG_DATABASES:
-        if (state_dir / name).is_file():
-            return state_dir / name
-    raise UserError(f"--state-dir {state_dir}: holds neither {' nor '.join(LOG_DATABASES)}")
-
-
-def load_log(
-    state_dir: Path | None, export_file: Path | None, public_key: Path | None
-) -> tuple[list[AuditEntry], str, Path | str]:
-    """Entries, where they came from, and the key to check them with (a file, or the
-    export's embedded key)."""
-    if (state_dir is None) == (export_file is None):
-        raise UserError("give exactly one of --state-dir and --file")
+@contextmanager
+def _in_flag_terms() -> Iterator[None]:
+    """A refused setting, named by the option that sets it (see ``_FLAGS``)."""
     try:
-        if export_file is not None:
-            entries, _ = read_export(export_file)
-            return entries, str(export_file), public_key or "embedded"
-        assert state_dir is not None
-        database = log_database(state_dir)
-        return read_database_log(database), str(database), public_key or state_dir / PUBLIC_KEY_FILE
-    except (AuditError, AuditKeyError) as error:
-        raise UserError(str(error)) from None
+        yield
+    except SettingsError as error:
+        raise UserError(error.naming(_FLAGS)) from None
 
 
 @app.command()
@@ -112,47 +94,30 @@ def verify(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Check every entry's hash, signature and chain link; exit 1 naming each failure."""
-    entries, source, key_source = load_log(state_dir, export_file, public_key)
-    try:
-        if key_source == "embedded":
-            assert export_file is not None
-            key = read_export(export_file)[1]
-        else:
-            key = load_public_key(Path(key_source))
-    except (AuditError, AuditKeyError) as error:
-        raise UserError(str(error)) from None
-    result = verify_entries(entries, key, expect_head=expect_head)
-    if source.endswith("ledger.db"):
-        result = replace(
-            result, failures=result.failures + tuple(_ledger_mismatches(Path(source), entries))
+    with _in_flag_terms():
+        report = verify_target(
+            state_dir=state_dir,
+            export_file=export_file,
+            public_key=public_key,
+            expect_head=expect_head,
         )
     if as_json:
-        print_json({"source": source, "public_key": str(key_source), **result.to_dict()})
+        print_json(report.to_dict())
     else:
-        _render_verification(result, source, str(key_source))
-    if not result.ok:
-        raise typer.Exit(1)
+        _render_verification(report)
+    if not report.ok:
+        raise typer.Exit(ExitCode.VERIFICATION_FAILED)
 
 
-def _ledger_mismatches(path: Path, entries: Sequence[AuditEntry]) -> list[AuditFailure]:
-    """Where the clinic's ledger rows disagree with its (verified or not) audit log."""
-    try:
-        with PrivacyLedger(URL.create("sqlite", database=str(path))) as ledger:
-            budgets = ledger.datasets()
-            charges = [c for b in budgets for c in ledger.history(b.dataset_id)]
-    except (SQLAlchemyError, ValueError) as error:
-        return [AuditFailure(0, None, "ledger-mismatch", f"the ledger cannot be read: {error}")]
-    return cross_check_ledger(entries, charges, budgets)
-
-
-def _render_verification(result: VerificationResult, source: str, key_source: str) -> None:
+def _render_verification(report: VerificationReport) -> None:
+    result = report.result
     key_note = (
         "the key embedded in the export (pass --public-key with the key you received from "
         "the node to rule out a re-signed copy)"
-        if key_source == "embedded"
-        else key_source
+        if report.key_source == EMBEDDED_KEY
+        else report.key_source
     )
-    console.print(f"audit log: {source}", highlight=False)
+    console.print(f"audit log: {report.source}", highlight=False)
     console.print(f"checked with: {key_note} (key {result.signer[:16]}…)", highlight=False)
     if not result.ok:
         error_console.print(
@@ -189,15 +154,10 @@ def export(
     ),
 ) -> None:
     """Export the log for an external auditor, with the public key that verifies it."""
-    entries, source, key_path = load_log(state_dir, None, None)
-    try:
-        key = load_public_key(Path(key_path))
-        written = write_export(out, entries, key, fmt=fmt.value, source=source)
-    except (AuditKeyError, OSError) as error:
-        raise UserError(f"cannot export to {out}: {error}") from None
-    result = verify_entries(entries, key)
-    for path in written:
+    exported = export_log(state_dir, out, fmt=fmt.value)
+    for path in exported.files:
         console.print(f"wrote {path}", highlight=False)
+    result = exported.result
     status = "verified" if result.ok else f"NOT verified ({len(result.failures)} problem(s))"
     console.print(
         f"{result.entries} entries, {status}; head hash {result.head_hash}", highlight=False
@@ -225,38 +185,23 @@ def budget(
     """ε spent and remaining per data set, recomputed from the ledger's whole history."""
     if plot is not None and plot.suffix.lower() != ".png":
         raise UserError(f"--plot must name a .png file, got {plot}")
-    if not (state_dir / "ledger.db").is_file() and (state_dir / "coordinator.db").is_file():
-        _federation_budgets(state_dir, as_json=as_json)
+    view = budget_view(state_dir, dataset=dataset, by_round=by_round, chart=plot)
+    if isinstance(view, FederationBudgets):
+        _render_federation_budgets(view, as_json=as_json)
         return
-    reports = _budget_reports(state_dir, dataset, by_round=by_round or plot is not None)
-    if plot is not None:
-        plot_budgets(reports, plot)
     if as_json:
-        print_json([report.to_dict() for report in reports])
+        print_json([report.to_dict() for report in view.reports])
         return
-    for report in reports:
+    for report in view.reports:
         _render_budget(report, by_round=by_round)
-    if plot is not None:
-        console.print(f"wrote {plot}", highlight=False)
+    if view.chart is not None:
+        console.print(f"wrote {view.chart}", highlight=False)
 
 
-def _federation_budgets(state_dir: Path, *, as_json: bool) -> None:
-    """The coordinator's view: what each clinic last reported, clearly labelled as such."""
-    entries, source, key_path = load_log(state_dir, None, None)
-    try:
-        verified = verify_entries(entries, load_public_key(Path(key_path))).ok
-    except AuditKeyError as error:
-        raise UserError(str(error)) from None
-    budgets = reported_budgets(entries)
+def _render_federation_budgets(view: FederationBudgets, *, as_json: bool) -> None:
+    """The coordinator's view, clearly labelled as what the clinics reported."""
     if as_json:
-        print_json(
-            {
-                "source": source,
-                "reported_by_clinics": True,
-                "coordinator_log_verified": verified,
-                "clinics": [json_safe(vars(budget)) for budget in budgets],
-            }
-        )
+        print_json(view.to_dict())
         return
     table = Table(
         title="privacy budgets AS REPORTED BY THE CLINICS (the coordinator holds no ledger: "
@@ -264,36 +209,21 @@ def _federation_budgets(state_dir: Path, *, as_json: bool) -> None:
     )
     for column in ("clinic", "ε spent", "ε cap", "δ", "accountant", "last run / round", "refused"):
         table.add_column(column)
-    for budget in budgets:
+    for reported in view.budgets:
         table.add_row(
-            budget.clinic_id,
-            f"{budget.epsilon_spent:.4f}",
-            f"{budget.epsilon_cap:g}",
-            f"{budget.delta:g}",
-            budget.accountant,
-            f"{budget.run_id[:8]} / {budget.round}",
-            str(budget.refusals),
+            reported.clinic_id,
+            f"{reported.epsilon_spent:.4f}",
+            f"{reported.epsilon_cap:g}",
+            f"{reported.delta:g}",
+            reported.accountant,
+            f"{reported.run_id[:8]} / {reported.round}",
+            str(reported.refusals),
         )
     console.print(table)
-    status = "verified" if verified else "[red]NOT verified[/] (run `oralfed audit verify`)"
-    console.print(f"from the coordinator's signed log {source}: {status}", highlight=False)
-
-
-def _budget_reports(
-    state_dir: Path, dataset: str | None, *, by_round: bool
-) -> list[DatasetBudgetReport]:
-    path = state_dir / "ledger.db"
-    if not path.is_file():
-        raise UserError(f"--state-dir {state_dir}: no ledger.db (is this a clinic's state dir?)")
-    try:
-        with PrivacyLedger(URL.create("sqlite", database=str(path))) as ledger:
-            reports = ledger_reports(ledger, dataset, by_round=by_round)
-    except SQLAlchemyError as error:
-        reason = getattr(error, "orig", None) or error
-        raise UserError(f"{path}: not a readable ledger database ({reason})") from None
-    if not reports:
-        raise UserError(f"{path}: no data set is registered in this ledger")
-    return reports
+    status = (
+        "verified" if view.log_verified else "[red]NOT verified[/] (run `oralfed audit verify`)"
+    )
+    console.print(f"from the coordinator's signed log {view.source}: {status}", highlight=False)
 
 
 def _render_budget(report: DatasetBudgetReport, *, by_round: bool) -> None:
@@ -334,50 +264,6 @@ def _render_budget(report: DatasetBudgetReport, *, by_round: bool) -> None:
     console.print(table)
 
 
-def plot_budgets(reports: Sequence[DatasetBudgetReport], path: Path) -> None:
-    """A PNG of cumulative ε over time per data set, with each data set's cap in force."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display on a clinic server
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(8, 4.5))
-    try:
-        for report in reports:
-            times = [point.recorded_at for point in report.points]
-            line = axes.step(
-                times,
-                [point.epsilon for point in report.points],
-                where="post",
-                marker="o",
-                label=f"{report.dataset_id}: ε spent ({report.accountant}, δ={report.delta:g})",
-            )[0]
-            axes.step(
-                times,
-                [point.epsilon_cap for point in report.points],
-                where="post",
-                linestyle="--",
-                color=line.get_color(),
-                label=f"{report.dataset_id}: cap",
-            )
-        axes.set_xlabel("time of charge (UTC)")
-        axes.set_ylabel("ε")
-        highest = max(
-            (max(p.epsilon, p.epsilon_cap) for report in reports for p in report.points),
-            default=1.0,
-        )
-        axes.set_ylim(0, highest * 1.15)
-        axes.legend(loc="lower right", fontsize="small")
-        axes.set_title("Privacy budget spent over time")
-        figure.autofmt_xdate()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=100)
-    except OSError as error:
-        raise UserError(f"--plot {path}: cannot write ({error.strerror})") from None
-    finally:
-        plt.close(figure)
-
-
 @app.command()
 def empirical(
     data: Annotated[
@@ -405,67 +291,48 @@ def empirical(
         str, typer.Option(help=f"One of: {', '.join(ACCOUNTANTS)}.")
     ] = DEFAULT_ACCOUNTANT,
     dp_engine: Annotated[
-        str, typer.Option(help=f"DP-SGD engine: {', '.join(DP_ENGINES)} (as clinics run it).")
-    ] = DEFAULT_DP_ENGINE,
+        str, typer.Option(help=f"DP-SGD engine: {', '.join(DpEngineName)} (as clinics run it).")
+    ] = DpEngineName.FAST,
     confidence: Annotated[float, typer.Option(help="Confidence of the lower bound.")] = 0.95,
     seed: Annotated[int, typer.Option(help="Seed of canaries, inclusion and training.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Measure a lower bound on ε in one training run (Steinke, Nasr & Jagielski 2023)."""
-    from client.empirical_audit import run_empirical_audit
-    from client.training import TrainingConfigError, plan_dp_round
+    from oralfed.client.empirical_audit_run import audit_clinic_training
 
-    if noise_multiplier is not None and target_epsilon is not None:
-        raise UserError("give at most one of --target-epsilon and --noise-multiplier")
-    if noise_multiplier is None and target_epsilon is None:
-        target_epsilon = PLATFORM.target_epsilon
-    if delta is not None and not 0 < delta < 1:
-        raise UserError(f"--delta must be between 0 and 1 (exclusive), got {delta}")
-    if accountant not in ACCOUNTANTS:
-        raise UserError(f"--accountant must be one of {', '.join(ACCOUNTANTS)}, got {accountant!r}")
-    if not 0 < confidence < 1:
-        raise UserError(f"--confidence must be between 0 and 1 (exclusive), got {confidence}")
-    clinic = _audit_data(data, task, seed)
-    audit_delta = delta if delta is not None else default_delta(clinic.rows_read)
-
-    def plan_for(records: int) -> DpRoundPlan:
-        return plan_dp_round(
-            n_train=records,
+    with _in_flag_terms():
+        result = audit_clinic_training(
+            data,
+            task=task,
+            canaries=canaries,
+            guesses_per_side=guesses,
+            target_epsilon=target_epsilon,
+            noise_multiplier=noise_multiplier,
             batch_size=batch_size,
             local_epochs=local_epochs,
             learning_rate=learning_rate,
             clip_norm=clip_norm,
-            total_rounds=1,
-            delta=audit_delta,
-            target_epsilon=target_epsilon,
-            noise_multiplier=noise_multiplier,
+            delta=delta,
+            accountant=accountant,
+            engine=dp_engine,
+            confidence=confidence,
+            seed=seed,
         )
-
-    try:
-        with warnings.catch_warnings():
-            # Opacus warns about its non-cryptographic RNG and hook internals: irrelevant to an
-            # audit, whose training is never released.
-            warnings.simplefilter("ignore", UserWarning)
-            result = run_empirical_audit(
-                clinic.x_train,
-                clinic.y_train,
-                plan_for,
-                canaries=canaries,
-                guesses_per_side=guesses,
-                delta=audit_delta,
-                seed=seed,
-                confidence=confidence,
-                accountant=accountant,
-                engine=dp_engine,
-            )
-    except (TrainingConfigError, ValueError) as error:
-        raise UserError(str(error)) from None
     if as_json:
         print_json(result.to_dict())
-        return
+    else:
+        _render_empirical(result)
+    if not result.consistent:
+        raise typer.Exit(ExitCode.VERIFICATION_FAILED)
+
+
+def _render_empirical(result: EmpiricalAuditResult) -> None:
     table = Table(show_header=False, title="empirical privacy audit (one training run)")
     for label, value in (
-        ("ε lower bound (measured)", f"{result.epsilon_lower_bound:.3f} at {confidence:.0%}"),
+        (
+            "ε lower bound (measured)",
+            f"{result.epsilon_lower_bound:.3f} at {result.confidence:.0%}",
+        ),
         ("ε upper bound (accountant)", f"{result.epsilon_accounted:.3f} ({result.accountant})"),
         ("δ", f"{result.delta:g}"),
         ("black-box (loss) correct", f"{result.correct_black_box}/{result.guesses}"),
@@ -486,14 +353,3 @@ def empirical(
             "[bold red]INCONSISTENT[/]: the measured lower bound exceeds the accounted ε; "
             "the training leaks more than the accountant charges for"
         )
-        raise typer.Exit(1)
-
-
-def _audit_data(data: Path | None, task: Task, seed: int) -> ClinicData:
-    if data is not None:
-        if not data.is_file():
-            raise UserError(f"--data {data}: no such file")
-        return load_clinic_data("audited-clinic", data, task)
-    with tempfile.TemporaryDirectory() as folder:
-        (path,) = write_federation(Path(folder), n_clinics=1, seed=seed)
-        return load_clinic_data("synthetic-clinic", Path(path), task)

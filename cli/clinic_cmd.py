@@ -7,16 +7,16 @@ from typing import Annotated
 
 import typer
 
-from cli.output import UserError, console
-from client.node import DEFAULT_EPSILON_CAP
-from client.supernode import (
+from oralfed.cli.output import UserError, console
+from oralfed.deploy.kit import ClinicKit
+from oralfed.deploy.processes import supervise
+from oralfed.deploy.supernode import (
     DEFAULT_NODE_PORT,
     SuperNodeOptions,
     check_clinic_data,
     start_supernode,
 )
-from server.provisioning import ClinicKit
-from server.superlink import supervise
+from oralfed.schemas.node_config import DEFAULT_EPSILON_CAP
 
 app = typer.Typer(help="Run a clinic node.", no_args_is_help=True)
 

@@ -8,9 +8,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli.output import console, print_json
-from schemas.importer import ImportResult, default_quarantine_path, import_file, write_quarantine
-from schemas.synthetic import write_federation
+from oralfed.cli.output import console, print_json
+from oralfed.schemas.importer import (
+    ImportResult,
+    default_quarantine_path,
+    import_file,
+    write_quarantine,
+)
+from oralfed.schemas.synthetic import write_federation
 
 app = typer.Typer(
     help="Validate clinic data against the contract; generate synthetic clinics.",

@@ -9,17 +9,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli.output import console, print_json
-from server.provisioning import (
+from oralfed.cli.output import console, print_json
+from oralfed.deploy.federation_dir import (
     DEFAULT_IP_ADDRESSES,
     DEFAULT_PORT,
     DEFAULT_SERVER_NAMES,
     FederationPaths,
-    add_clinic,
-    init_federation,
-    list_clinics,
-    remove_clinic,
 )
+from oralfed.deploy.provisioning import add_clinic, init_federation, list_clinics, remove_clinic
 
 app = typer.Typer(
     help="Provision a deployed federation: CA, coordinator TLS certificate, clinic kits.",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import (
+from oralfed.cli import (
     audit,
     clinic_cmd,
     data,
@@ -16,13 +16,9 @@ from cli import (
     schema,
     server_cmd,
 )
-from cli.federate import federate
-from cli.output import UserError, fail
-from client.data import ClinicDataError
-from client.model import ModelFormatError
-from privacy.ledger import LedgerError
-from schemas.importer import ContractError
-from server.provisioning import ProvisioningError
+from oralfed.cli.errors import fail
+from oralfed.cli.federate import federate
+from oralfed.schemas.errors import OralFedError
 
 app = typer.Typer(
     name="oralfed",
@@ -42,19 +38,10 @@ app.add_typer(server_cmd.app, name="server")
 app.add_typer(clinic_cmd.app, name="clinic")
 app.add_typer(federation_cmd.app, name="federation")
 
-USER_ERRORS = (
-    ProvisioningError,
-    UserError,
-    ContractError,
-    ClinicDataError,
-    ModelFormatError,
-    LedgerError,
-)
-
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: user errors become one clear message and exit code 2."""
+    """Console entry point: every refusal becomes one clear message and its exit code."""
     try:
         app(args=argv)
-    except USER_ERRORS as error:
-        fail(str(error))
+    except OralFedError as error:
+        fail(error)

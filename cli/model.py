@@ -9,15 +9,15 @@ from typing import Annotated
 
 import typer
 
-from cli.output import console
-from client.model import load_model
-from schemas.features import encode_features
-from schemas.importer import (
+from oralfed.cli.output import console
+from oralfed.schemas.features import encode_features
+from oralfed.schemas.files import write_text_atomically
+from oralfed.schemas.importer import (
     default_quarantine_path,
     import_file,
     write_quarantine,
-    write_text_atomically,
 )
+from oralfed.schemas.model import load_model
 
 app = typer.Typer(
     help="Score patients with a trained model (locally: nothing leaves this machine).",

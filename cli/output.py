@@ -1,26 +1,27 @@
-"""Shared CLI plumbing: one console, JSON output, and user errors without tracebacks."""
+"""Shared CLI plumbing: one console for results, one for messages, and JSON output."""
 
 from __future__ import annotations
 
-import json
 import sys
-from typing import Any, NoReturn
+from typing import Any
 
 from rich.console import Console
+
+from oralfed.schemas.errors import ExitCode, OralFedError
+from oralfed.schemas.files import dumps
+
+__all__ = ["UserError", "console", "error_console", "print_json"]
 
 console = Console()
 error_console = Console(stderr=True)
 
 
-class UserError(Exception):
-    """A problem the user can fix; printed as one clear message, exit code 2."""
+class UserError(OralFedError):
+    """A command-line problem the user can fix (an option, a path): one message, no trace."""
 
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    error_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise SystemExit(code)
+    exit_code = ExitCode.USAGE
 
 
 def print_json(payload: Any) -> None:
-    """Plain JSON on stdout (no Rich markup), so other programs can parse it."""
-    sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+    """Plain strict JSON on stdout (no Rich markup), so other programs can parse it."""
+    sys.stdout.write(dumps(payload, indent=2) + "\n")

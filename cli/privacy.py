@@ -7,9 +7,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli.output import UserError, console, print_json
-from privacy.accountants import ACCOUNTANTS, DEFAULT_ACCOUNTANT
-from privacy.calibration import dpsgd_epsilon, noise_multiplier_for_epsilon
+from oralfed.cli.output import UserError, console, print_json
+from oralfed.privacy.accountants import ACCOUNTANTS, DEFAULT_ACCOUNTANT
+from oralfed.privacy.calibration import dpsgd_epsilon, noise_multiplier_for_epsilon
 
 app = typer.Typer(help="Plan and inspect privacy budgets.", no_args_is_help=True)
 

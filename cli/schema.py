@@ -9,9 +9,9 @@ from typing import Annotated
 
 import typer
 
-from cli.output import console
-from schemas.contract import PatientRecord
-from schemas.importer import write_text_atomically
+from oralfed.cli.output import console
+from oralfed.schemas.contract import PatientRecord
+from oralfed.schemas.files import write_text_atomically
 
 app = typer.Typer(help="The clinic data contract.", no_args_is_help=True)
 

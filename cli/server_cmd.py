@@ -8,19 +8,19 @@ from typing import Annotated
 import typer
 from sqlalchemy.exc import SQLAlchemyError
 
-from cli.deploy import DEFAULT_FEDERATION_DIR, FederationDir
-from cli.output import UserError, console, error_console
-from server.app import COORDINATOR_URL_ENV
-from server.coordinator_db import CoordinatorStore
-from server.provisioning import FederationConfig, register_pending
-from server.superlink import (
+from oralfed.cli.deploy import DEFAULT_FEDERATION_DIR, FederationDir
+from oralfed.cli.output import UserError, console, error_console
+from oralfed.deploy.federation_dir import FederationConfig
+from oralfed.deploy.processes import stop_process_group, supervise
+from oralfed.deploy.provisioning import register_pending
+from oralfed.deploy.superlink import (
     SUPERLINK_LOG,
     SuperLinkOptions,
     start_superlink,
-    stop_process_group,
-    supervise,
     wait_until_ready,
 )
+from oralfed.server.app import COORDINATOR_URL_ENV
+from oralfed.server.coordinator_db import CoordinatorStore
 
 app = typer.Typer(help="Run the coordinator.", no_args_is_help=True)
 

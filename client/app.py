@@ -9,21 +9,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
 
-from client.data import ClinicData, ClinicDataError, load_clinic_data
-from client.dp_engines import get_dp_engine
-from client.model import DEFAULT_HIDDEN_SIZES, build_model
-from client.node import ClinicNode, NodeConfigError, resolve_clinic_node
-from client.query import handle_query
-from client.training import TrainingConfigError, evaluate, plan_dp_round
-from privacy.audit import DATA_IMPORTED
-from privacy.calibration import CalibrationCache, default_delta
-from privacy.ledger import Budget, BudgetExceeded, LedgerError, PrivacyLedger
-from schemas import protocol
-from schemas.features import Task
-from schemas.importer import ContractError, ImportResult
+from oralfed.client.budget import audit_import, open_budget
+from oralfed.client.data import ClinicDataError, load_clinic_data
+from oralfed.client.dp_engines import get_dp_engine
+from oralfed.client.node import resolve_clinic_node
+from oralfed.client.query import handle_query
+from oralfed.client.replies import refusal, reply
+from oralfed.client.training import TrainingConfigError, evaluate, plan_dp_round
+from oralfed.privacy.calibration import CalibrationCache
+from oralfed.privacy.ledger import BudgetExceeded, LedgerError, PrivacyLedger
+from oralfed.schemas import protocol
+from oralfed.schemas.features import Task
+from oralfed.schemas.importer import ContractError
+from oralfed.schemas.model import build_model
+from oralfed.schemas.node_config import ClinicNode, NodeConfigError
+from oralfed.schemas.settings import DEFAULT_HIDDEN_SIZES, DpEngineName
 
 Handler = Callable[[Message, ClinicNode], Message]
 CALIBRATION_CACHE_FILE = "calibration-cache.json"
@@ -60,7 +63,7 @@ def handle_train(msg: Message, node: ClinicNode) -> Message:
         Task(str(config.get(protocol.CFG_TASK, Task.UNTREATED_CARIES))),
     )
     server_round = int(config[protocol.CFG_ROUND])
-    engine = get_dp_engine(str(config.get(protocol.CFG_DP_ENGINE, protocol.DEFAULT_DP_ENGINE)))
+    engine = get_dp_engine(str(config.get(protocol.CFG_DP_ENGINE, DpEngineName.FAST)))
     with PrivacyLedger.in_state_dir(node.state_dir) as ledger:
         budget = open_budget(ledger, node, data)
         audit_import(ledger, node, data)
@@ -105,7 +108,7 @@ def handle_train(msg: Message, node: ClinicNode) -> Message:
             protocol.DP_STEPS: plan.steps,
         }
     )
-    return _reply(msg, node, budget, metrics, ArrayRecord(model.state_dict()))
+    return reply(msg, node, budget, metrics, ArrayRecord(model.state_dict()))
 
 
 def handle_evaluate(msg: Message, node: ClinicNode) -> Message:
@@ -131,62 +134,15 @@ def handle_evaluate(msg: Message, node: ClinicNode) -> Message:
             protocol.DELTA: budget.delta,
         }
     )
-    return _reply(msg, node, budget, metrics)
+    return reply(msg, node, budget, metrics)
 
 
-def open_budget(ledger: PrivacyLedger, node: ClinicNode, data: ClinicData | ImportResult) -> Budget:
-    """Register the data set on first use; afterwards keep its δ unless the clinic sets one."""
-    registered = {budget.dataset_id: budget for budget in ledger.datasets()}.get(node.dataset_id)
-    if node.delta is not None:
-        delta = node.delta
-    elif registered is not None:
-        delta = registered.delta
-    else:
-        delta = default_delta(data.rows_read)
-    return ledger.ensure_dataset(node.dataset_id, node.epsilon_cap, delta, node.accountant)
 
 
-def audit_import(ledger: PrivacyLedger, node: ClinicNode, data: ClinicData) -> None:
-    """Log the training file's import once per file fingerprint: counts only, never rows."""
-    if ledger.audit is not None:
-        ledger.audit.append_once(
-            DATA_IMPORTED,
-            {
-                "clinic_id": node.clinic_id,
-                "dataset_id": node.dataset_id,
-                "file_sha256": data.fingerprint,
-                "task": data.task.value,
-                "rows_read": data.rows_read,
-                "rows_rejected": data.rows_rejected,
-                "rows_train": data.n_train,
-                "rows_test": data.n_test,
-            },
-        )
 
 
-def refusal(msg: Message, code: int, clinic_id: str, reason: str) -> Message:
-    """A reply that names the clinic and why it did not do the work."""
-    return Message(Error(code=code, reason=f"[{clinic_id}] {reason}"), reply_to=msg)
 
 
-def _reply(
-    msg: Message,
-    node: ClinicNode,
-    budget: Budget,
-    metrics: MetricRecord,
-    arrays: ArrayRecord | None = None,
-) -> Message:
-    content = RecordDict(
-        {
-            protocol.REPLY_METRICS: metrics,
-            protocol.REPLY_CLINIC: ConfigRecord(
-                {protocol.CLINIC_ID: node.clinic_id, protocol.ACCOUNTANT: budget.accountant}
-            ),
-        }
-    )
-    if arrays is not None:
-        content[protocol.REPLY_ARRAYS] = arrays
-    return Message(content=content, reply_to=msg)
 
 
 def _hidden_sizes(config: ConfigRecord) -> tuple[int, ...]:

@@ -13,15 +13,18 @@ from pathlib import Path
 
 import numpy as np
 
-from schemas.contract import PatientRecord
-from schemas.features import Task, encode_features, encode_labels, has_label
-from schemas.importer import ImportResult, import_file
+from oralfed.schemas.contract import PatientRecord
+from oralfed.schemas.errors import ExitCode, OralFedError
+from oralfed.schemas.features import Task, encode_features, encode_labels, has_label
+from oralfed.schemas.importer import ImportResult, import_file
 
 TEST_SHARE_PER_MILLE = 200  # 20 % of patients are held out for evaluation
 
 
-class ClinicDataError(Exception):
+class ClinicDataError(OralFedError):
     """The clinic's data cannot be used for this job; the message says why and where."""
+
+    exit_code = ExitCode.INVALID_DATA
 
 
 @dataclass(frozen=True)

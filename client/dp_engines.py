@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from client.dp_fast import train_dp_fast
-from client.training import DpRoundPlan, TrainingConfigError, train_dp_opacus
-from schemas import protocol
+from oralfed.client.dp_fast import train_dp_fast
+from oralfed.client.training import DpRoundPlan, TrainingConfigError, train_dp_opacus
+from oralfed.schemas.settings import DpEngineName
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class DpTrainingResult:
 class DpEngine(ABC):
     """Runs a :class:`~client.training.DpRoundPlan` on a clinic's in-memory data."""
 
-    name: ClassVar[str]
+    name: ClassVar[DpEngineName]
 
     def train(
         self,
@@ -80,7 +80,7 @@ class DpEngine(ABC):
 class FastDpEngine(DpEngine):
     """Ghost-norm DP-SGD on in-memory tensors (:mod:`client.dp_fast`)."""
 
-    name = "fast"
+    name = DpEngineName.FAST
 
     def _run(
         self, model: nn.Module, x: np.ndarray, y: np.ndarray, plan: DpRoundPlan, seed: int
@@ -91,7 +91,7 @@ class FastDpEngine(DpEngine):
 class OpacusDpEngine(DpEngine):
     """Opacus's ``make_private`` with its Poisson ``DataLoader``: the reference engine."""
 
-    name = "opacus"
+    name = DpEngineName.OPACUS
 
     def _run(
         self, model: nn.Module, x: np.ndarray, y: np.ndarray, plan: DpRoundPlan, seed: int
@@ -99,16 +99,18 @@ class OpacusDpEngine(DpEngine):
         return train_dp_opacus(model, x, y, plan, seed)
 
 
-DP_ENGINES: dict[str, type[DpEngine]] = {
+# The one registry: every name of :class:`~oralfed.schemas.settings.DpEngineName` has its
+# engine here (a test checks both ways), as Opacus keys its accountants by name.
+DP_ENGINES: dict[DpEngineName, type[DpEngine]] = {
     engine.name: engine for engine in (FastDpEngine, OpacusDpEngine)
 }
 
 
-def get_dp_engine(name: str = protocol.DEFAULT_DP_ENGINE) -> DpEngine:
+def get_dp_engine(name: str = DpEngineName.FAST) -> DpEngine:
     """The engine called ``name``; an unknown name is a :class:`TrainingConfigError`."""
     try:
-        return DP_ENGINES[name]()
-    except KeyError:
+        return DP_ENGINES[DpEngineName(name)]()
+    except ValueError:
         raise TrainingConfigError(
             f"unknown DP engine {name!r}; choose one of {', '.join(DP_ENGINES)}"
         ) from None

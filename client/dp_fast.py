@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from client.training import DpRoundPlan, TrainingConfigError, apply_proximal_step
+from oralfed.client.training import DpRoundPlan, TrainingConfigError, apply_proximal_step
 
 OPACUS_EPS = 1e-6  # Opacus adds this to every per-sample norm before dividing
 

@@ -33,11 +33,11 @@ import torch
 from scipy import stats
 from torch import nn
 
-from client.dp_engines import get_dp_engine
-from client.model import DEFAULT_HIDDEN_SIZES, build_model
-from client.training import DpRoundPlan, TrainingConfigError
-from privacy.accountants import DEFAULT_ACCOUNTANT, get_accountant, validate_delta
-from schemas import protocol
+from oralfed.client.dp_engines import get_dp_engine
+from oralfed.client.training import DpRoundPlan, TrainingConfigError
+from oralfed.privacy.accountants import DEFAULT_ACCOUNTANT, get_accountant, validate_delta
+from oralfed.schemas.model import build_model
+from oralfed.schemas.settings import DEFAULT_HIDDEN_SIZES, DpEngineName
 
 # Canaries sit this many feature standard deviations from the data's mean: far enough that
 # the model's output there depends mostly on whether the canary was trained on.
@@ -195,7 +195,7 @@ def run_empirical_audit(
     seed: int,
     confidence: float = 0.95,
     accountant: str = DEFAULT_ACCOUNTANT,
-    engine: str = protocol.DEFAULT_DP_ENGINE,
+    engine: str = DpEngineName.FAST,
     hidden_sizes: tuple[int, ...] = DEFAULT_HIDDEN_SIZES,
 ) -> EmpiricalAuditResult:
     """Plant canaries in ``(x, y)``, train once as the platform does, and bound ε from below.

@@ -11,15 +11,15 @@ a seed chosen by the coordinator would let it subtract the noise.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Message
 
-from client.node import ClinicNode
-from privacy.accountants import UnsupportedEvent
-from privacy.ledger import BudgetExceeded, PrivacyLedger
-from privacy.mechanisms import (
+from oralfed.client.budget import open_budget
+from oralfed.client.replies import refusal
+from oralfed.privacy.accountants import UnsupportedEvent
+from oralfed.privacy.ledger import BudgetExceeded, PrivacyLedger
+from oralfed.privacy.mechanisms import (
     CLINIC_MIN_RECORDS,
     Bounds,
     LocalRelease,
@@ -28,73 +28,12 @@ from privacy.mechanisms import (
     release_local,
     releases_for,
 )
-from schemas import protocol
-from schemas.contract import PatientRecord
-from schemas.importer import ImportResult, import_file
-from schemas.query import QueryError, QuerySpec, parse_query
-
-
-@dataclass(frozen=True)
-class ClinicAnswer:
-    """One clinic's noisy parts for a query, as they travel (flattened arrays and scales)."""
-
-    clinic_id: str
-    counts: list[float]
-    count_noise_sd: float
-    statistic: list[float]  # empty for a count query; cells x bins flattened for histograms
-    statistic_noise_sd: float
-    noise_multiplier: float
-    epsilon_spent: float
-    epsilon_cap: float
-    delta: float
-    accountant: str
-
-    def to_content(self) -> RecordDict:
-        return RecordDict(
-            {
-                protocol.REPLY_METRICS: MetricRecord(
-                    {
-                        protocol.QUERY_NOISY_COUNTS: self.counts,
-                        protocol.QUERY_COUNT_NOISE_SD: self.count_noise_sd,
-                        protocol.QUERY_NOISY_STATISTIC: self.statistic,
-                        protocol.QUERY_STATISTIC_NOISE_SD: self.statistic_noise_sd,
-                        protocol.NOISE_MULTIPLIER: self.noise_multiplier,
-                        protocol.EPSILON_SPENT: self.epsilon_spent,
-                        protocol.EPSILON_CAP: self.epsilon_cap,
-                        protocol.DELTA: self.delta,
-                    }
-                ),
-                protocol.REPLY_CLINIC: ConfigRecord(
-                    {protocol.CLINIC_ID: self.clinic_id, protocol.ACCOUNTANT: self.accountant}
-                ),
-            }
-        )
-
-    @classmethod
-    def from_content(cls, content: RecordDict) -> ClinicAnswer:
-        metrics = content[protocol.REPLY_METRICS]
-        clinic = content[protocol.REPLY_CLINIC]
-        return cls(
-            clinic_id=str(clinic[protocol.CLINIC_ID]),
-            counts=[float(v) for v in metrics[protocol.QUERY_NOISY_COUNTS]],
-            count_noise_sd=float(metrics[protocol.QUERY_COUNT_NOISE_SD]),
-            statistic=[float(v) for v in metrics[protocol.QUERY_NOISY_STATISTIC]],
-            statistic_noise_sd=float(metrics[protocol.QUERY_STATISTIC_NOISE_SD]),
-            noise_multiplier=float(metrics[protocol.NOISE_MULTIPLIER]),
-            epsilon_spent=float(metrics[protocol.EPSILON_SPENT]),
-            epsilon_cap=float(metrics[protocol.EPSILON_CAP]),
-            delta=float(metrics[protocol.DELTA]),
-            accountant=str(clinic[protocol.ACCOUNTANT]),
-        )
-
-
-@dataclass(frozen=True)
-class ClinicRefusal:
-    """A clinic that did not answer, and why (its budget, its data, a bad query)."""
-
-    clinic_id: str
-    code: int
-    reason: str
+from oralfed.schemas import protocol
+from oralfed.schemas.contract import PatientRecord
+from oralfed.schemas.importer import ImportResult, import_file
+from oralfed.schemas.node_config import ClinicNode
+from oralfed.schemas.query import QueryError, QuerySpec, parse_query
+from oralfed.schemas.query_messages import ClinicAnswer, ClinicRefusal
 
 
 def statistics_records(result: ImportResult) -> list[PatientRecord]:
@@ -143,8 +82,6 @@ def answer_query(
     ``min_records`` below :data:`~privacy.mechanisms.CLINIC_MIN_RECORDS` is raised to it:
     the clinic's own floor is not the coordinator's to lower.
     """
-    from client.app import open_budget  # client.app registers this module's handler
-
     result = import_file(node.data_path)
     records = statistics_records(result)  # consent, before anything is computed
     with PrivacyLedger.in_state_dir(node.state_dir) as ledger:
@@ -190,24 +127,8 @@ def answer_query(
     )
 
 
-def query_content(spec: QuerySpec, min_records: int) -> RecordDict:
-    """What the coordinator sends: the query and its clinic floor, nothing else."""
-    return RecordDict(
-        {
-            "config": ConfigRecord(
-                {
-                    protocol.QUERY_SPEC: spec.model_dump_json(),
-                    protocol.QUERY_CLINIC_MIN_RECORDS: min_records,
-                }
-            )
-        }
-    )
-
-
 def handle_query(msg: Message, node: ClinicNode) -> Message:
     """The ClientApp's ``query`` handler: decode, answer (or refuse), encode."""
-    from client.app import refusal  # client.app registers this handler
-
     config = msg.content["config"]
     try:
         spec = parse_query(json.loads(str(config[protocol.QUERY_SPEC])))

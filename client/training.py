@@ -16,12 +16,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from privacy.calibration import CalibrationCache, noise_multiplier_for_epsilon
-from privacy.events import DpSgdEvent
+from oralfed.privacy.calibration import CalibrationCache, noise_multiplier_for_epsilon
+from oralfed.privacy.events import DpSgdEvent
+from oralfed.schemas.errors import ExitCode, OralFedError
 
 
-class TrainingConfigError(ValueError):
+class TrainingConfigError(OralFedError, ValueError):
     """A training request that cannot be run as asked (the message says which setting)."""
+
+    exit_code = ExitCode.USAGE
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,25 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from privacy.accountants import get_accountant
-from privacy.audit import ROUND_COMPLETED, AuditEntry
-from privacy.events import DpSgdEvent, PrivacyEvent, mechanism_name, repetitions
-from privacy.ledger import Budget, BudgetChangeRecord, ChargeRecord, PrivacyLedger
-from schemas import protocol
+from oralfed.privacy.accountants import get_accountant
+from oralfed.privacy.audit_log import ROUND_COMPLETED, AuditEntry
+from oralfed.privacy.events import DpSgdEvent, PrivacyEvent, mechanism_name, repetitions
+from oralfed.privacy.ledger import Budget, BudgetChangeRecord, ChargeRecord, PrivacyLedger
+from oralfed.schemas import protocol
+
+__all__ = [
+    "RECEIPT_TOLERANCE",
+    "ChargePoint",
+    "DatasetBudgetReport",
+    "MechanismUse",
+    "ReportedBudget",
+    "cap_at",
+    "cumulative_epsilons",
+    "dataset_budget_report",
+    "ledger_reports",
+    "mechanisms_used",
+    "reported_budgets",
+]
 
 # How far a receipt may sit from the recomputed ε before it is flagged: accountants are
 # deterministic, so anything beyond floating-point noise is a real disagreement.
@@ -70,7 +84,7 @@ class DatasetBudgetReport:
     charges: int
     mechanisms: tuple[MechanismUse, ...]
     cap_changes: tuple[BudgetChangeRecord, ...]
-    points: tuple[ChargePoint, ...] = field(default=())  # filled for --by-round
+    points: tuple[ChargePoint, ...] = field(default=())  # filled when built by_round
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -143,14 +157,15 @@ def cap_at(changes: Sequence[BudgetChangeRecord], moment: datetime, default: flo
     return caps[-1] if caps else default
 
 
-def build_report(
+def dataset_budget_report(
     budget: Budget,
     history: Sequence[ChargeRecord],
     changes: Sequence[BudgetChangeRecord],
     *,
     by_round: bool = False,
 ) -> DatasetBudgetReport:
-    """The report of one data set from its budget, charge history and cap changes."""
+    """One data set's :class:`DatasetBudgetReport` from its budget, charge history and cap
+    changes."""
     events = [charge.event for charge in history]
     points: tuple[ChargePoint, ...] = ()
     if by_round:
@@ -196,7 +211,7 @@ def ledger_reports(
     """Reports of every data set in ``ledger`` (or of ``dataset_id`` only)."""
     budgets = [ledger.budget(dataset_id)] if dataset_id is not None else ledger.datasets()
     return [
-        build_report(
+        dataset_budget_report(
             budget,
             ledger.history(budget.dataset_id),
             ledger.budget_changes(budget.dataset_id),

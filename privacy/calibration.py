@@ -10,9 +10,11 @@ import json
 import math
 from pathlib import Path
 
-from privacy.accountants import DEFAULT_ACCOUNTANT, get_accountant
-from privacy.events import MIN_NOISE_MULTIPLIER, DpSgdEvent
-from schemas.importer import write_text_atomically
+from oralfed.privacy.accountants import DEFAULT_ACCOUNTANT, get_accountant
+from oralfed.privacy.events import MIN_NOISE_MULTIPLIER, DpSgdEvent
+from oralfed.schemas.files import write_text_atomically
+
+__all__ = ["CalibrationCache", "default_delta", "dpsgd_epsilon", "noise_multiplier_for_epsilon"]
 
 # Past this sigma the model learns nothing; a target that needs more is a budget that is too small.
 _MAX_NOISE_MULTIPLIER = 1e4

@@ -9,20 +9,35 @@ since. The private key never leaves the state directory and is readable by its o
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
+from typing import ClassVar
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from oralfed.schemas.errors import ExitCode, OralFedError
+from oralfed.schemas.files import write_bytes_atomically
+
+__all__ = [
+    "PRIVATE_KEY_FILE",
+    "PUBLIC_KEY_FILE",
+    "AuditKeyError",
+    "key_fingerprint",
+    "load_or_create_signing_key",
+    "load_public_key",
+    "public_key_from_pem",
+    "public_key_pem",
+]
+
 PRIVATE_KEY_FILE = "audit_signing_key.pem"
 PUBLIC_KEY_FILE = "audit_signing_key.pub.pem"
 
 
-class AuditKeyError(Exception):
+class AuditKeyError(OralFedError):
     """A key file that is missing, unreadable or not an Ed25519 key; the message names it."""
+
+    exit_code: ClassVar[ExitCode] = ExitCode.AUDIT
 
 
 def load_or_create_signing_key(state_dir: Path) -> Ed25519PrivateKey:
@@ -39,7 +54,7 @@ def load_or_create_signing_key(state_dir: Path) -> Ed25519PrivateKey:
     key = _load_private_key(path)
     public_path = state_dir / PUBLIC_KEY_FILE
     if not public_path.exists():  # restored from a backup holding only the private key
-        _write_new_file(public_path, public_key_pem(key.public_key()), mode=0o644)
+        _write_public_key(state_dir, key.public_key())
     return key
 
 
@@ -79,24 +94,17 @@ def _create_key_pair(state_dir: Path) -> None:
         serialization.NoEncryption(),
     )
     try:
-        _write_new_file(state_dir / PRIVATE_KEY_FILE, pem, mode=0o600)
+        write_bytes_atomically(state_dir / PRIVATE_KEY_FILE, pem, mode=0o600, exclusive=True)
     except FileExistsError:
         return  # another process created the key first; use that one
-    _write_new_file(state_dir / PUBLIC_KEY_FILE, public_key_pem(key.public_key()), mode=0o644)
+    _write_public_key(state_dir, key.public_key())
 
 
-def _write_new_file(path: Path, content: bytes, *, mode: int) -> None:
-    """Write ``content`` to ``path`` complete or not at all; FileExistsError if it exists."""
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(descriptor, mode)
-        with os.fdopen(descriptor, "wb") as stream:
-            stream.write(content)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.link(temporary, path)
-    finally:
-        os.unlink(temporary)
+def _write_public_key(state_dir: Path, key: Ed25519PublicKey) -> None:
+    """The public half beside the private key, readable by all: it is what auditors get."""
+    write_bytes_atomically(
+        state_dir / PUBLIC_KEY_FILE, public_key_pem(key), mode=0o644, exclusive=True
+    )
 
 
 def _load_private_key(path: Path) -> Ed25519PrivateKey:

@@ -12,7 +12,7 @@ than the sum of its parts, and only a recomputation from the stored mechanisms c
 checked by an auditor.
 
 Every registration, cap change, charge and refused charge is also appended to the clinic's
-signed audit log (:mod:`privacy.audit`) inside the same transaction, so the ledger and its
+signed audit log (:mod:`privacy.audit_log`) inside the same transaction, so the ledger and its
 audit trail cannot disagree. A refused charge changes no ledger row but does commit its
 audit entry: the refusal itself is part of the record.
 """
@@ -26,15 +26,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import URL, Connection, Engine, create_engine, event, select
 from sqlalchemy.orm import Session
 
-from privacy import audit
-from privacy.accountants import ACCOUNTANTS, DEFAULT_ACCOUNTANT, get_accountant
-from privacy.events import (
+from oralfed.privacy.accountants import ACCOUNTANTS, DEFAULT_ACCOUNTANT, get_accountant
+from oralfed.privacy.audit_log import (
+    BUDGET_CHANGED,
+    DATASET_REGISTERED,
+    LEDGER_CHARGE,
+    LEDGER_REFUSED,
+    AuditLog,
+)
+from oralfed.privacy.events import (
     DpSgdEvent,
     PrivacyEvent,
     event_from_dict,
@@ -42,8 +48,20 @@ from privacy.events import (
     mechanism_name,
     repetitions,
 )
-from privacy.keys import load_or_create_signing_key
-from privacy.ledger_models import Base, BudgetChange, LedgerCharge, LedgerDataset
+from oralfed.privacy.keys import load_or_create_signing_key
+from oralfed.privacy.ledger_models import Base, BudgetChange, LedgerCharge, LedgerDataset
+from oralfed.schemas.errors import ExitCode, OralFedError
+
+__all__ = [
+    "Budget",
+    "BudgetChangeRecord",
+    "BudgetExceeded",
+    "ChargeRecord",
+    "InvalidBudget",
+    "LedgerError",
+    "PrivacyLedger",
+    "UnknownDataset",
+]
 
 # Execution option marking connections whose transactions must take the write lock at BEGIN.
 _WRITE_LOCK = "oralfed_write_lock"
@@ -51,8 +69,10 @@ _WRITE_LOCK = "oralfed_write_lock"
 _SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
-class LedgerError(Exception):
+class LedgerError(OralFedError):
     """A ledger refusal or misuse, with a message meant for the operator."""
+
+    exit_code: ClassVar[ExitCode] = ExitCode.LEDGER
 
 
 class UnknownDataset(LedgerError):
@@ -65,6 +85,8 @@ class InvalidBudget(LedgerError):
 
 class BudgetExceeded(LedgerError):
     """A charge was refused because the composed ε would pass the cap; nothing was charged."""
+
+    exit_code: ClassVar[ExitCode] = ExitCode.BUDGET_EXCEEDED
 
     def __init__(
         self,
@@ -147,9 +169,7 @@ class PrivacyLedger:
         # _configure_sqlite); PostgreSQL gets the equivalent from SELECT ... FOR UPDATE.
         self._locking_engine = engine.execution_options(**{_WRITE_LOCK: True})
         Base.metadata.create_all(self._locking_engine)
-        self.audit = (
-            None if signing_key is None else audit.AuditLog(self._locking_engine, signing_key)
-        )
+        self.audit = None if signing_key is None else AuditLog(self._locking_engine, signing_key)
 
     @classmethod
     def in_state_dir(cls, state_dir: Path) -> Self:
@@ -216,7 +236,7 @@ class PrivacyLedger:
                 )
                 self._audit(
                     session,
-                    audit.DATASET_REGISTERED,
+                    DATASET_REGISTERED,
                     {
                         "dataset_id": dataset_id,
                         "epsilon_cap": epsilon_cap,
@@ -246,7 +266,7 @@ class PrivacyLedger:
                 )
                 self._audit(
                     session,
-                    audit.BUDGET_CHANGED,
+                    BUDGET_CHANGED,
                     {
                         "dataset_id": dataset_id,
                         "old_cap": row.epsilon_cap,
@@ -345,7 +365,7 @@ class PrivacyLedger:
                 )
                 self._audit(
                     session,
-                    audit.LEDGER_REFUSED,
+                    LEDGER_REFUSED,
                     audited | {"epsilon_before": refused.spent, "epsilon_would_be": epsilon_after},
                 )
             else:
@@ -368,7 +388,7 @@ class PrivacyLedger:
                 record = _charge_record(charge)
                 self._audit(
                     session,
-                    audit.LEDGER_CHARGE,
+                    LEDGER_CHARGE,
                     audited
                     | {
                         "charge_id": record.id,

@@ -28,9 +28,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from privacy.accountants import DEFAULT_ACCOUNTANT, validate_delta
-from privacy.calibration import noise_multiplier_for_epsilon
-from privacy.events import GaussianEvent, LaplaceEvent, PrivacyEvent
+from oralfed.privacy.accountants import DEFAULT_ACCOUNTANT, validate_delta
+from oralfed.privacy.calibration import noise_multiplier_for_epsilon
+from oralfed.privacy.events import GaussianEvent, LaplaceEvent, PrivacyEvent
 
 Z_95 = 1.959963984540054  # two-sided 95 % normal quantile
 # A clinic's parts for a cell are released from its records only when its *noisy* count is at

@@ -148,6 +148,4 @@ CONTRACT_COLUMNS: tuple[str, ...] = tuple(PatientRecord.model_fields)
 REQUIRED_COLUMNS: tuple[str, ...] = tuple(
     name for name, field in PatientRecord.model_fields.items() if field.is_required()
 )
-OPTIONAL_COLUMNS: tuple[str, ...] = tuple(
-    name for name in CONTRACT_COLUMNS if name not in REQUIRED_COLUMNS
-)
+

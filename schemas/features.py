@@ -12,7 +12,13 @@ from enum import StrEnum
 
 import numpy as np
 
-from schemas.contract import FluoridatedWater, PatientRecord, Periodontitis, Sex, SmokingStatus
+from oralfed.schemas.contract import (
+    FluoridatedWater,
+    PatientRecord,
+    Periodontitis,
+    Sex,
+    SmokingStatus,
+)
 
 
 class Task(StrEnum):
@@ -38,7 +44,7 @@ CATEGORICAL_FEATURES: tuple[tuple[str, type[StrEnum]], ...] = (
     ("fluoridated_water", FluoridatedWater),
 )
 BOOLEAN_FEATURES: tuple[str, ...] = ("fluoride_toothpaste", "diabetes")
-AGE_BANDS: tuple[tuple[str, int, int], ...] = (
+AGE_BAND_FEATURES: tuple[tuple[str, int, int], ...] = (
     ("age_band_2_5", 2, 5),
     ("age_band_6_19", 6, 19),
     ("age_band_65_plus", 65, 110),
@@ -50,7 +56,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "bmi_missing",
     *(f"{column}={member.value}" for column, enum in CATEGORICAL_FEATURES for member in enum),
     *BOOLEAN_FEATURES,
-    *(name for name, _, _ in AGE_BANDS),
+    *(name for name, _, _ in AGE_BAND_FEATURES),
 )
 NUM_FEATURES = len(FEATURE_NAMES)
 
@@ -75,7 +81,8 @@ def _encode_one(record: PatientRecord) -> list[float]:
         value = getattr(record, column)
         values += [1.0 if value == member else 0.0 for member in enum]
     values += [1.0 if getattr(record, name) else 0.0 for name in BOOLEAN_FEATURES]
-    values += [1.0 if low <= record.age_years <= high else 0.0 for _, low, high in AGE_BANDS]
+    age = record.age_years
+    values += [1.0 if low <= age <= high else 0.0 for _, low, high in AGE_BAND_FEATURES]
     return values
 
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
@@ -21,14 +19,18 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from schemas.contract import CONTRACT_COLUMNS, REQUIRED_COLUMNS, PatientRecord
+from oralfed.schemas.contract import CONTRACT_COLUMNS, REQUIRED_COLUMNS, PatientRecord
+from oralfed.schemas.errors import ExitCode, OralFedError
+from oralfed.schemas.files import write_text_atomically
 
 QUARANTINE_COLUMNS = ("row", "patient_ref", "column", "value", "rule")
 PARQUET_SUFFIXES = frozenset({".parquet", ".pq"})
 
 
-class ContractError(Exception):
+class ContractError(OralFedError):
     """A file that cannot be imported at all; the message names the file and the place."""
+
+    exit_code = ExitCode.INVALID_DATA
 
 
 @dataclass(frozen=True)
@@ -163,20 +165,6 @@ def write_quarantine(result: ImportResult, destination: Path) -> Path:
 def default_quarantine_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}.quarantine.csv")
 
-
-def write_text_atomically(destination: Path, text: str) -> None:
-    """Write through a temporary file and rename, so a reader never sees half a file."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, destination)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _rule_text(problem: Mapping[str, Any]) -> str:

@@ -17,8 +17,16 @@ NODE_DATASET_ID: Final = "dataset-id"
 NODE_EPSILON_CAP: Final = "epsilon-cap"
 NODE_DELTA: Final = "delta"
 NODE_ACCOUNTANT: Final = "accountant"
+# --- Run config (``[tool.flwr.app.config]`` / ``--run-config``) beyond the run settings -----
+# The run settings' keys are their fields' metadata (``oralfed.schemas.settings``).
 # Simulation only: where the manifest mapping ``partition-id`` to a clinic lives.
 RUN_MANIFEST_PATH: Final = "manifest-path"
+# A deployed insight query: the query as JSON (its presence makes the run a query), the
+# small-cell floors, and whether floors below the defaults are allowed.
+RUN_QUERY_JSON: Final = "query-json"
+RUN_CELL_FLOOR: Final = "cell-floor"
+RUN_CLINIC_MIN_RECORDS: Final = "clinic-min-records"
+RUN_ALLOW_SMALL_FLOORS: Final = "allow-small-floors"
 
 # --- Train / evaluate config sent by the coordinator -----------------------------------------
 CFG_ROUND: Final = "server-round"  # set by Flower's strategies
@@ -33,9 +41,7 @@ CFG_PROXIMAL_MU: Final = "proximal-mu"  # set by Flower's FedProx
 CFG_TASK: Final = "task"
 CFG_SEED: Final = "seed"
 CFG_HIDDEN_SIZES: Final = "hidden-sizes"
-CFG_DP_ENGINE: Final = "dp-engine"  # which DP-SGD engine trains (client/dp_engines.py)
-DP_ENGINES: Final = ("fast", "opacus")  # same mechanism and charge; fast is Opacus's, vectorised
-DEFAULT_DP_ENGINE: Final = "fast"
+CFG_DP_ENGINE: Final = "dp-engine"  # a settings.DpEngineName (client/dp_engines.py)
 
 # --- Reply records ---------------------------------------------------------------------------
 REPLY_ARRAYS: Final = "arrays"
@@ -60,7 +66,6 @@ ACCOUNTANT: Final = "accountant"
 # --- Error codes in refusal replies ----------------------------------------------------------
 ERROR_BUDGET_EXCEEDED: Final = 4201
 ERROR_DATA_REFUSED: Final = 4202
-ERROR_CLINIC_FAILURE: Final = 4299
 
 # --- Aggregate-insight queries (client/query.py, server/insights.py) -------------------------
 QUERY_SPEC: Final = "query-spec"  # the QuerySpec as JSON

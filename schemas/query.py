@@ -22,7 +22,8 @@ import numpy as np
 from annotated_types import Ge, Le
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from schemas.contract import PatientRecord
+from oralfed.schemas.contract import PatientRecord
+from oralfed.schemas.errors import ExitCode, OralFedError
 
 MAX_QUERY_EPSILON = 10.0  # beyond this a single answer is practically non-private
 MAX_QUERY_DELTA = 1e-3
@@ -34,7 +35,7 @@ MAX_BINS = 200
 AGE_BAND = "age_band"
 NOT_EXAMINED = "not_examined"  # the level of a missing optional category (periodontitis)
 # (label, lowest age, highest age), the bands of CDC oral-health surveillance reports.
-AGE_BANDS: tuple[tuple[str, int, int], ...] = (
+REPORTING_AGE_BANDS: tuple[tuple[str, int, int], ...] = (
     ("2-5", 2, 5),
     ("6-19", 6, 19),
     ("20-34", 20, 34),
@@ -46,8 +47,10 @@ AGE_BANDS: tuple[tuple[str, int, int], ...] = (
 _NOT_QUERYABLE = frozenset({"patient_ref", "last_visit_date", "consent_tier"})
 
 
-class QueryError(ValueError):
+class QueryError(OralFedError, ValueError):
     """A query that cannot be run; the message names the field and what is wrong."""
+
+    exit_code = ExitCode.INVALID_QUERY
 
 
 class Measure(StrEnum):
@@ -133,7 +136,7 @@ def _nullable(column: str) -> bool:
 def group_levels(column: str) -> tuple[str, ...]:
     """Every value a group-by column can take, fixed in advance so cells never depend on data."""
     if column == AGE_BAND:
-        return tuple(label for label, _, _ in AGE_BANDS)
+        return tuple(label for label, _, _ in REPORTING_AGE_BANDS)
     kind = COLUMN_KINDS.get(column)
     if kind is ColumnKind.BOOLEAN:
         return ("false", "true")
@@ -293,7 +296,8 @@ class QuerySpec(BaseModel):
 
 def _level(record: PatientRecord, column: str) -> str:
     if column == AGE_BAND:
-        return next(label for label, low, high in AGE_BANDS if low <= record.age_years <= high)
+        age = record.age_years
+        return next(label for label, low, high in REPORTING_AGE_BANDS if low <= age <= high)
     value = getattr(record, column)
     if value is None:
         return NOT_EXAMINED

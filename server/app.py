@@ -2,27 +2,28 @@
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flwr.app import ArrayRecord, Context
+from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from client.model import RiskModel, build_model, save_model
-from privacy import audit
-from privacy.keys import load_or_create_signing_key
-from server.coordinator_db import CoordinatorStore
-from server.history import FederationHistory, RoundRecord
-from server.settings import FederationSettings
-from server.strategy import RoundCallback, make_strategy
+from oralfed.privacy.audit_log import ROUND_COMPLETED, RUN_FINISHED, RUN_STARTED, AuditLog
+from oralfed.privacy.keys import load_or_create_signing_key
+from oralfed.schemas import protocol
+from oralfed.schemas.files import write_json_atomically
+from oralfed.schemas.model import RiskModel, build_model, save_model
+from oralfed.schemas.settings import FederationSettings
+from oralfed.schemas.state import coordinator_state_dir
+from oralfed.server.coordinator_db import CoordinatorStore
+from oralfed.server.history import FederationHistory, RoundRecord
+from oralfed.server.strategy import RoundCallback, make_strategy
 
 GLOBAL_MODEL_FILE = "global_model.pt"
 COORDINATOR_URL_ENV = "ORALFED_COORDINATOR_URL"
 HISTORY_FILE = "history.json"
-QUERY_JSON_KEY = "query-json"
 
 
 @dataclass
@@ -48,16 +49,16 @@ def run_federation_rounds(
     store = _open_store(settings)
     store.start_run(outcome.run_id, settings.public_dict())
     # The coordinator's signed log of runs, rounds and participants (see privacy.audit).
-    audit_log = audit.AuditLog(
+    audit_log = AuditLog(
         store.engine, load_or_create_signing_key(_coordinator_state_dir(settings))
     )
     audit_log.append(
-        audit.RUN_STARTED, {"run_id": outcome.run_id, "settings": settings.public_dict()}
+        RUN_STARTED, {"run_id": outcome.run_id, "settings": settings.public_dict()}
     )
 
     def round_ended(record: RoundRecord) -> None:
         store.record_round(outcome.run_id, record)
-        audit_log.append(audit.ROUND_COMPLETED, {"run_id": outcome.run_id, **record.summary()})
+        audit_log.append(ROUND_COMPLETED, {"run_id": outcome.run_id, **record.summary()})
         _write_history(settings, outcome.history)
         if on_round_end is not None:
             on_round_end(record)
@@ -70,8 +71,8 @@ def run_federation_rounds(
             initial_arrays=ArrayRecord(initial.state_dict()),
             num_rounds=settings.rounds,
             timeout=settings.round_timeout,
-            train_config=settings.train_config(),
-            evaluate_config=settings.evaluate_config(),
+            train_config=ConfigRecord(settings.train_config()),
+            evaluate_config=ConfigRecord(settings.evaluate_config()),
         )
         model = build_model(settings.hidden_sizes)
         model.load_state_dict(result.arrays.to_torch_state_dict())
@@ -86,7 +87,7 @@ def run_federation_rounds(
         raise
     finally:
         audit_log.append(
-            audit.RUN_FINISHED,
+            RUN_FINISHED,
             {"run_id": outcome.run_id, "status": outcome.status, "message": outcome.message},
         )
         store.close()
@@ -105,15 +106,13 @@ def _open_store(settings: FederationSettings) -> CoordinatorStore:
 
 def _coordinator_state_dir(settings: FederationSettings) -> Path:
     """Where the coordinator keeps its database (unless given a URL) and audit signing key."""
-    return settings.out_dir if settings.out_dir is not None else Path(".oralfed")
+    return settings.out_dir if settings.out_dir is not None else coordinator_state_dir()
 
 
 def _write_history(settings: FederationSettings, history: FederationHistory) -> None:
     if settings.out_dir is None:
         return
-    path = settings.out_dir / HISTORY_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps([r.summary() for r in history.rounds], indent=2, default=str))
+    write_json_atomically(settings.out_dir / HISTORY_FILE, [r.summary() for r in history.rounds])
 
 
 def make_server_app(
@@ -126,10 +125,10 @@ def make_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        if settings is None and context.run_config.get(QUERY_JSON_KEY):
+        if settings is None and context.run_config.get(protocol.RUN_QUERY_JSON):
             # A deployment has one ServerApp: a run config holding a query asks a question
             # (`oralfed insights query --federation-dir`) instead of training.
-            from server.insights import QuerySettings, answer_one_query
+            from oralfed.server.insights import QuerySettings, answer_one_query
 
             answer_one_query(grid, QuerySettings.from_run_config(dict(context.run_config)))
             return

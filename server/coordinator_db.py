@@ -7,7 +7,6 @@ It holds only what clinics chose to send: aggregates and refusals, never a recor
 from __future__ import annotations
 
 import json
-import math
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from server.history import RoundRecord
+from oralfed.schemas.files import dumps
+from oralfed.server.history import RoundRecord
 
 
 def utcnow() -> datetime:
@@ -103,7 +103,7 @@ class CoordinatorStore:
             session.add(RunRow(run_id=run_id, settings=settings))
 
     def record_round(self, run_id: str, record: RoundRecord) -> None:
-        summary = json.loads(_json_safe(record.summary()))
+        summary = json.loads(_json_text(record.summary()))
         with Session(self.engine) as session, session.begin():
             session.add(RoundRow(run_id=run_id, round=record.round, summary=summary))
             for result in record.results:
@@ -114,7 +114,7 @@ class CoordinatorStore:
                         clinic_id=result.clinic_id,
                         phase=result.phase,
                         status=result.status,
-                        metrics=json.loads(_json_safe(result.metrics)),
+                        metrics=json.loads(_json_text(result.metrics)),
                         reason=result.reason,
                     )
                 )
@@ -142,7 +142,7 @@ class CoordinatorStore:
                     query_id=query_id,
                     requester=requester,
                     epsilon=epsilon,
-                    answer=json.loads(_json_safe(answer)),
+                    answer=json.loads(_json_text(answer)),
                 )
             )
 
@@ -179,16 +179,7 @@ def upgrade_schema(engine: Engine) -> None:
         command.upgrade(config, "head")
 
 
-def _json_safe(value: Any) -> str:
-    """JSON text with NaN/inf as null: databases' JSON types refuse them."""
-    return json.dumps(_replace_non_finite(value), default=str)
-
-
-def _replace_non_finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _replace_non_finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_replace_non_finite(v) for v in value]
-    return value
+def _json_text(value: Any) -> str:
+    """JSON text with NaN/inf as null (``oralfed.schemas.files.dumps``): databases' JSON
+    types refuse them."""
+    return dumps(value)

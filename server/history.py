@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from flwr.app import Message
 
-from schemas import protocol
+from oralfed.schemas import protocol
 
 Phase = Literal["train", "evaluate"]
 Status = Literal["ok", "refused", "failed"]
@@ -101,10 +101,3 @@ class FederationHistory:
             self.rounds.append(RoundRecord(number))
         return self.rounds[-1]
 
-    def latest_training(self) -> dict[str, ClinicResult]:
-        """Each clinic's last successful training reply (its latest ε figures)."""
-        latest: dict[str, ClinicResult] = {}
-        for record in self.rounds:
-            for result in record.of("train", "ok"):
-                latest[result.clinic_id] = result
-        return latest

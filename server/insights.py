@@ -33,9 +33,7 @@ import numpy as np
 from flwr.app import Context, Message, MessageType
 from flwr.serverapp import Grid, ServerApp
 
-from client.node import ClinicNode
-from client.query import ClinicAnswer, ClinicRefusal, answer_query, query_content
-from privacy.mechanisms import (
+from oralfed.privacy.mechanisms import (
     CLINIC_MIN_RECORDS,
     Estimate,
     NoiseKind,
@@ -43,9 +41,15 @@ from privacy.mechanisms import (
     quantile_estimate,
     ratio,
 )
-from schemas.importer import write_text_atomically
-from schemas.query import Measure, QuerySpec, parse_query
-from server.coordinator_db import CoordinatorStore, _replace_non_finite
+from oralfed.schemas import protocol
+from oralfed.schemas.errors import ExitCode, OralFedError
+from oralfed.schemas.files import write_json_atomically
+from oralfed.schemas.json_safe import json_safe
+from oralfed.schemas.query import Measure, QuerySpec, parse_query
+from oralfed.schemas.query_messages import ClinicAnswer, ClinicRefusal, query_content
+from oralfed.schemas.settings import setting_key
+from oralfed.schemas.state import coordinator_state_dir
+from oralfed.server.coordinator_db import CoordinatorStore
 
 ANSWER_FILE = "answer.json"
 
@@ -53,8 +57,10 @@ CMS_CELL_FLOOR = 11  # CMS cell-size suppression policy for health statistics
 NODE_WAIT_POLL_SECONDS = 1.0
 
 
-class InsightError(ValueError):
+class InsightError(OralFedError, ValueError):
     """A query the coordinator will not run as configured; the message names the option."""
+
+    exit_code = ExitCode.INVALID_QUERY
 
 
 @dataclass(frozen=True)
@@ -108,7 +114,7 @@ class InsightAnswer:
     bin_edges: list[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return _replace_non_finite(
+        return json_safe(
             {
                 "query_id": self.query_id,
                 "query": self.spec.model_dump(mode="json"),
@@ -272,17 +278,6 @@ def run_query(
     return build_answer(spec, policy, replies, started, requester)
 
 
-def answer_in_process(
-    clinics: Sequence[ClinicNode],
-    spec: QuerySpec,
-    policy: SuppressionPolicy,
-    requester: str | None = None,
-) -> InsightAnswer:
-    """Run each clinic's own query code here, one after the other (clinics on this host)."""
-    started = time.perf_counter()
-    run_id = f"local-{uuid.uuid4().hex[:12]}"
-    replies = [answer_query(c, spec, run_id, policy.clinic_min_records) for c in clinics]
-    return build_answer(spec, policy, replies, started, requester)
 
 
 # --- the query ServerApp ----------------------------------------------------------------------
@@ -296,7 +291,7 @@ class QuerySettings:
     cell_floor: int = CMS_CELL_FLOOR
     clinic_min_records: int = CLINIC_MIN_RECORDS
     allow_below_defaults: bool = False
-    coordinator_db: str | None = None  # a SQLAlchemy URL; None: .oralfed/coordinator.db
+    coordinator_db: str | None = None  # a SQLAlchemy URL; None: under the state root
     expected_clinics: int | None = None
     timeout: float = 300.0
     requester: str | None = None
@@ -319,23 +314,25 @@ class QuerySettings:
     def from_run_config(cls, run_config: dict[str, Any]) -> QuerySettings:
         """``flwr run . --run-config 'query-json="{...}"'`` on a deployment."""
         return cls(
-            query=json.loads(str(run_config["query-json"])),
-            cell_floor=int(run_config.get("cell-floor", CMS_CELL_FLOOR)),
-            clinic_min_records=int(run_config.get("clinic-min-records", CLINIC_MIN_RECORDS)),
-            allow_below_defaults=bool(run_config.get("allow-small-floors", False)),
-            coordinator_db=str(run_config.get("coordinator-url") or "") or None,
-            out_dir=str(run_config.get("out-dir") or "") or None,
+            query=json.loads(str(run_config[protocol.RUN_QUERY_JSON])),
+            cell_floor=int(run_config.get(protocol.RUN_CELL_FLOOR, CMS_CELL_FLOOR)),
+            clinic_min_records=int(
+                run_config.get(protocol.RUN_CLINIC_MIN_RECORDS, CLINIC_MIN_RECORDS)
+            ),
+            allow_below_defaults=bool(run_config.get(protocol.RUN_ALLOW_SMALL_FLOORS, False)),
+            coordinator_db=str(run_config.get(setting_key("coordinator_url")) or "") or None,
+            out_dir=str(run_config.get(setting_key("out_dir")) or "") or None,
         )
 
     def run_config(self) -> dict[str, Any]:
         """The ``--run-config`` values of a deployed query (inverse of ``from_run_config``)."""
         return {
-            "query-json": json.dumps(self.query),
-            "cell-floor": self.cell_floor,
-            "clinic-min-records": self.clinic_min_records,
-            "allow-small-floors": self.allow_below_defaults,
-            "coordinator-url": self.coordinator_db or "",
-            "out-dir": self.out_dir or "",
+            protocol.RUN_QUERY_JSON: json.dumps(self.query),
+            protocol.RUN_CELL_FLOOR: self.cell_floor,
+            protocol.RUN_CLINIC_MIN_RECORDS: self.clinic_min_records,
+            protocol.RUN_ALLOW_SMALL_FLOORS: self.allow_below_defaults,
+            setting_key("coordinator_url"): self.coordinator_db or "",
+            setting_key("out_dir"): self.out_dir or "",
         }
 
 
@@ -353,7 +350,7 @@ def open_coordinator_store(url: str | None) -> CoordinatorStore:
     return (
         CoordinatorStore(url)
         if url
-        else CoordinatorStore.sqlite_file(Path(".oralfed") / "coordinator.db")
+        else CoordinatorStore.sqlite_file(coordinator_state_dir() / "coordinator.db")
     )
 
 
@@ -399,7 +396,7 @@ def answer_one_query(
         raise
     outcome.answer, outcome.status = answer, "completed"
     if settings.out_dir:
-        write_text_atomically(Path(settings.out_dir) / ANSWER_FILE, json.dumps(answer.to_dict()))
+        write_json_atomically(Path(settings.out_dir) / ANSWER_FILE, answer.to_dict())
     if on_answer is not None:
         on_answer(answer)
     return answer

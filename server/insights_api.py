@@ -31,13 +31,14 @@ from sqlalchemy import DateTime, Float, String, func, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 from starlette.concurrency import run_in_threadpool
 
-from client.model import RiskModel, load_model
-from schemas.contract import PatientRecord
-from schemas.features import Task
-from schemas.query import QueryError, QuerySpec, parse_query
-from server.coordinator_db import Base, CoordinatorStore, QueryRow, utcnow
-from server.insights import InsightAnswer, QueryBackend, SuppressionPolicy, run_and_record
-from server.model_insights import (
+from oralfed.schemas.contract import PatientRecord
+from oralfed.schemas.errors import ExitCode, OralFedError
+from oralfed.schemas.features import Task
+from oralfed.schemas.model import RiskModel, load_model
+from oralfed.schemas.query import QueryError, QuerySpec, parse_query
+from oralfed.server.coordinator_db import Base, CoordinatorStore, QueryRow, utcnow
+from oralfed.server.insights import InsightAnswer, QueryBackend, SuppressionPolicy, run_and_record
+from oralfed.server.model_insights import (
     ProfileError,
     habit_effects,
     predict_risk,
@@ -63,8 +64,10 @@ class ApiTokenRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
-class TokenError(ValueError):
+class TokenError(OralFedError, ValueError):
     """A token that cannot be created as asked (duplicate name, bad cap)."""
+
+    exit_code = ExitCode.USAGE
 
 
 @dataclass(frozen=True)
@@ -81,9 +84,9 @@ def _hash_secret(secret: str, salt: str) -> str:
 def create_token(store: CoordinatorStore, name: str, epsilon_cap: float) -> str:
     """A new token for ``name`` with its own ε cap; the only time the secret is shown."""
     if not name.strip():
-        raise TokenError("--name must not be empty")
+        raise TokenError("a token name must not be empty")
     if not epsilon_cap > 0:
-        raise TokenError(f"--epsilon-cap must be positive, got {epsilon_cap}")
+        raise TokenError(f"a token's epsilon cap must be positive, got {epsilon_cap}")
     token_id, secret, salt = secrets.token_hex(8), secrets.token_urlsafe(32), secrets.token_hex(16)
     with Session(store.engine) as session, session.begin():
         if session.scalar(select(ApiTokenRow).where(ApiTokenRow.name == name)) is not None:

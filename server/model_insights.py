@@ -20,11 +20,12 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from client.model import RiskModel
-from schemas.contract import PatientRecord
-from schemas.features import Task, encode_features
-from schemas.importer import ContractError, import_file, validate_row
-from schemas.synthetic import clinic_profiles, synthesize_clinic
+from oralfed.schemas.contract import PatientRecord
+from oralfed.schemas.errors import ExitCode, OralFedError
+from oralfed.schemas.features import Task, encode_features
+from oralfed.schemas.importer import ContractError, import_file, validate_row
+from oralfed.schemas.model import RiskModel
+from oralfed.schemas.synthetic import clinic_profiles, synthesize_clinic
 
 # A middle-of-the-road adult; every field a user does not give in `insights risk` takes this.
 DEFAULT_PROFILE: dict[str, Any] = {
@@ -92,8 +93,10 @@ class HabitEffect:
         }
 
 
-class ProfileError(ValueError):
+class ProfileError(OralFedError, ValueError):
     """A habit profile outside the contract; the message names the field."""
+
+    exit_code = ExitCode.INVALID_QUERY
 
 
 def profile_record(values: Mapping[str, Any]) -> PatientRecord:

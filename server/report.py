@@ -6,13 +6,12 @@ clinic's own ledger over its whole history) and are labelled with δ and the acc
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict
 from typing import Any
 
-from schemas import protocol
-from server.baselines import BaselineComparison
-from server.history import ClinicResult
+from oralfed.schemas import protocol
+from oralfed.server.history import ClinicResult
+
+REPORT_FILE = "report.json"
 
 
 def clinic_privacy(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -48,49 +47,27 @@ def clinic_privacy(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return privacy
 
 
-def build_report(
+def build_run_report(
     *,
     run_id: str | None,
     status: str,
     message: str | None,
     settings: dict[str, Any],
     rounds: list[dict[str, Any]],
-    comparison: BaselineComparison | None,
 ) -> dict[str, Any]:
+    """The run's report from its round summaries: status, settings, ε per clinic, rounds.
+
+    A simulated run adds its baselines afterwards (``oralfed.deploy.baselines``); the
+    coordinator itself holds no data to train them.
+    """
     privacy = clinic_privacy(rounds)
-    clinics = []
-    for clinic_id in sorted(privacy):
-        row: dict[str, Any] = {"clinic": clinic_id, **privacy[clinic_id]}
-        if comparison is not None and clinic_id in comparison.federated.per_clinic:
-            row["federated_dp"] = _figures(asdict(comparison.federated.per_clinic[clinic_id]))
-            row["central_pooled"] = _figures(asdict(comparison.central.per_clinic[clinic_id]))
-            row["local_only"] = _figures(asdict(comparison.local_only[clinic_id]))
-        clinics.append(row)
-    report: dict[str, Any] = {
+    return {
         "run_id": run_id,
         "status": status,
         "message": message,
         "settings": settings,
         # Every clinic trains with the engine its train config names, or refuses the round.
         "dp_engine": settings.get("dp_engine"),
-        "clinics": clinics,
+        "clinics": [{"clinic": clinic_id, **privacy[clinic_id]} for clinic_id in sorted(privacy)],
         "rounds": rounds,
-    }
-    if comparison is not None:
-        federated_auc = comparison.federated.pooled.auc
-        central_auc = comparison.central.pooled.auc
-        report["overall"] = {
-            "federated_dp": _figures(asdict(comparison.federated.pooled)),
-            "central_pooled": _figures(asdict(comparison.central.pooled)),
-            "local_only_mean_auc": comparison.local_only_mean_auc,
-            "auc_gap_to_central": None
-            if federated_auc is None or central_auc is None
-            else central_auc - federated_auc,
-        }
-    return report
-
-
-def _figures(values: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()
     }

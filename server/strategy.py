@@ -16,17 +16,20 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx
 
-from client.model import build_model, save_model
-from server.history import ClinicResult, FederationHistory, Phase, RoundRecord
-from server.settings import FederationSettings
+from oralfed.schemas.errors import ExitCode, OralFedError
+from oralfed.schemas.model import build_model, save_model
+from oralfed.schemas.settings import FederationSettings
+from oralfed.server.history import ClinicResult, FederationHistory, Phase, RoundRecord
 
 RoundCallback = Callable[[RoundRecord], None]
 NODE_POLL_SECONDS = 1.0
 NO_REPLY = "no reply before the round timeout: the node dropped out or did not finish in time"
 
 
-class FederationHalted(RuntimeError):
+class FederationHalted(OralFedError, RuntimeError):
     """Too few clinics took part in a round to go on; the message names who refused and why."""
+
+    exit_code = ExitCode.FEDERATION_FAILED
 
 
 class _ConnectedNodes:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from schemas.contract import CONTRACT_COLUMNS
+from oralfed.schemas.contract import CONTRACT_COLUMNS
 
 GOOD_ROW: dict[str, str] = {
     "patient_ref": "p-001",

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import main
-from client.model import build_model, save_model
-from schemas.features import Task
+from oralfed.cli.main import main
+from oralfed.schemas.errors import ExitCode
+from oralfed.schemas.features import Task
+from oralfed.schemas.model import build_model, save_model
 from tests.conftest import WriteCsv, good_rows
 
 
@@ -56,7 +57,7 @@ def test_bad_files_give_one_clear_error_without_traceback(
     path = tmp_path / "export.csv"
     path.write_bytes(content)
     code, _, err = run(capsys, "data", "validate", path)
-    assert code == 2
+    assert code == ExitCode.INVALID_DATA
     assert message in err and str(path) in err.replace("\n", "")
     assert "Traceback" not in err
 
@@ -133,15 +134,17 @@ def test_model_score_refuses_a_non_model(
     code, _, err = run(
         capsys, "model", "score", tmp_path / "m.pt", tmp_path / "x.csv", "--out", tmp_path / "o"
     )
-    assert code == 2 and "not an OralFed model file" in err
+    assert code == ExitCode.MODEL_FORMAT and "not an OralFed model file" in err
 
 
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
         (("--rounds", "2", "--noise-multiplier", "1", "--target-epsilon", "2"), "at most one"),
-        (("--epsilon-cap", "0"), "--epsilon-cap must be positive"),
-        (("--strategy", "fedsgd"), "--strategy must be one of"),
+        (("--epsilon-cap", "0"), "epsilon cap must be positive"),
+        (("--strategy", "fedsgd"), "'fedsgd' is not one of"),
+        (("--rounds", "0"), "--rounds must be at least 1"),
+        (("--hidden-sizes", "8,x"), "--hidden-sizes must be comma-separated whole numbers"),
     ],
 )
 def test_federate_rejects_bad_options_before_doing_anything(
@@ -159,5 +162,6 @@ def test_federate_refuses_a_folder_with_a_bad_file_and_writes_nothing(
     care_only = [{**row, "consent_tier": "care_only"} for row in good_rows(30)]
     bad = write_csv(care_only, name="clinic-b.csv")
     code, _, err = run(capsys, "federate", "--data", tmp_path, "--out", tmp_path / "run")
-    assert code == 2 and str(bad) in err.replace("\n", "") and "research-tier" in err
+    assert code == ExitCode.INVALID_DATA and str(bad) in err.replace("\n", "")
+    assert "research-tier" in err
     assert not (tmp_path / "run").exists()

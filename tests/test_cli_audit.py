@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine
 
-from cli.main import main
-from privacy.audit import ROUND_COMPLETED, AuditLog
-from privacy.events import DpSgdEvent
-from privacy.keys import PUBLIC_KEY_FILE, load_or_create_signing_key
-from privacy.ledger import PrivacyLedger
+from oralfed.cli.main import main
+from oralfed.privacy.audit_log import ROUND_COMPLETED, AuditLog
+from oralfed.privacy.events import DpSgdEvent
+from oralfed.privacy.keys import PUBLIC_KEY_FILE, load_or_create_signing_key
+from oralfed.privacy.ledger import PrivacyLedger
+from oralfed.schemas.errors import ExitCode
 
 ROUND = DpSgdEvent(noise_multiplier=2.0, sample_rate=0.05, steps=100)
 
@@ -68,7 +69,7 @@ def test_tampered_log_exits_1_naming_the_entry(capsys, clinic: Path, tmp_path: P
         "UPDATE audit_log SET payload = replace(payload, '2.0', '9.0') WHERE seq=2",
     )
     code, out, err = run(capsys, "verify", "--state-dir", str(copy))
-    assert code == 1
+    assert code == ExitCode.VERIFICATION_FAILED
     assert "VERIFIED:" not in out and "NOT VERIFIED" in err
     assert "entry 2 (position 2): changed" in err
 
@@ -76,7 +77,7 @@ def test_tampered_log_exits_1_naming_the_entry(capsys, clinic: Path, tmp_path: P
 def test_ledger_charge_deleted_behind_a_valid_log_exits_1(capsys, clinic, tmp_path) -> None:
     copy = tamper(clinic, tmp_path, "DELETE FROM ledger_charges WHERE id = 2")
     code, out, err = run(capsys, "verify", "--state-dir", str(copy))
-    assert code == 1 and "VERIFIED:" not in out
+    assert code == ExitCode.VERIFICATION_FAILED and "VERIFIED:" not in out
     assert "ledger-mismatch: ledger charge 2 was audited but is missing" in err
 
 
@@ -114,7 +115,7 @@ def test_another_clinics_key_is_never_verified(capsys, clinic: Path, tmp_path: P
         "--public-key",
         str(tmp_path / "other" / PUBLIC_KEY_FILE),
     )
-    assert code == 1 and "foreign-key" in err
+    assert code == ExitCode.VERIFICATION_FAILED and "foreign-key" in err
 
 
 @pytest.mark.parametrize(
@@ -127,7 +128,7 @@ def test_another_clinics_key_is_never_verified(capsys, clinic: Path, tmp_path: P
 def test_corrupt_database_is_a_clear_error(capsys, tmp_path, content, message) -> None:
     (tmp_path / "ledger.db").write_bytes(content)
     code, out, err = run(capsys, "verify", "--state-dir", str(tmp_path))
-    assert code == 2 and message in err and "Traceback" not in err + out
+    assert code == ExitCode.AUDIT and message in err and "Traceback" not in err + out
     assert "VERIFIED" not in out
 
 
@@ -135,11 +136,11 @@ def test_bad_key_file_and_bad_options_are_clear_errors(capsys, clinic, tmp_path)
     bad_key = tmp_path / "key.pem"
     bad_key.write_text("not a key")
     code, _, err = run(capsys, "verify", "--state-dir", str(clinic), "--public-key", str(bad_key))
-    assert code == 2 and "not a PEM public key" in err
+    assert code == ExitCode.AUDIT and "not a PEM public key" in err
     code, _, err = run(capsys, "verify")
-    assert code == 2 and "exactly one of --state-dir and --file" in err
+    assert code == ExitCode.USAGE and "exactly one of --state-dir and --file" in err
     code, _, err = run(capsys, "verify", "--file", str(bad_key))
-    assert code == 2 and "not a JSON audit export" in err
+    assert code == ExitCode.AUDIT and "not a JSON audit export" in err
 
 
 def test_budget_by_round_json_and_plot(capsys, clinic: Path, tmp_path: Path) -> None:
@@ -159,11 +160,11 @@ def test_budget_by_round_json_and_plot(capsys, clinic: Path, tmp_path: Path) -> 
 
 def test_budget_bad_input(capsys, clinic: Path, tmp_path: Path) -> None:
     code, _, err = run(capsys, "budget", "--state-dir", str(clinic), "--dataset", "nope")
-    assert code == 2 and "not registered" in err
+    assert code == ExitCode.LEDGER and "not registered" in err
     code, _, err = run(capsys, "budget", "--state-dir", str(tmp_path))
-    assert code == 2 and "no ledger.db" in err
+    assert code == ExitCode.LEDGER and "no ledger.db" in err
     code, _, err = run(capsys, "budget", "--state-dir", str(clinic), "--plot", "x.jpg")
-    assert code == 2 and "--plot must name a .png file" in err
+    assert code == ExitCode.USAGE and "--plot must name a .png file" in err
 
 
 def test_empirical_audit_reports_both_bounds(capsys) -> None:
@@ -190,19 +191,31 @@ def test_empirical_audit_reports_both_bounds(capsys) -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "message", "expected"),
     [
-        (["--delta", "0"], "--delta must be between 0 and 1"),
-        (["--delta", "1"], "--delta must be between 0 and 1"),
-        (["--canaries", "10", "--guesses", "6"], "--guesses must be between 1 and half"),
-        (["--target-epsilon", "1", "--noise-multiplier", "1"], "at most one of"),
-        (["--data", "missing.csv"], "no such file"),
-        (["--confidence", "1.5"], "--confidence must be between 0 and 1"),
+        (["--delta", "0"], "--delta must be between 0 and 1", ExitCode.USAGE),
+        (["--delta", "1"], "--delta must be between 0 and 1", ExitCode.USAGE),
+        (
+            ["--canaries", "10", "--guesses", "6"],
+            "--guesses must be between 1 and half",
+            ExitCode.USAGE,
+        ),
+        (
+            ["--target-epsilon", "1", "--noise-multiplier", "1"],
+            "give at most one of --target-epsilon and --noise-multiplier",
+            ExitCode.USAGE,
+        ),
+        (["--noise-multiplier", "0.01"], "noise_multiplier must be", ExitCode.USAGE),
+        (["--accountant", "nope"], "--accountant must be one of", ExitCode.USAGE),
+        (["--data", "missing.csv"], "no such file", ExitCode.INVALID_DATA),
+        (["--confidence", "1.5"], "--confidence must be between 0 and 1", ExitCode.USAGE),
     ],
 )
-def test_empirical_audit_bad_input(capsys, args: list[str], message: str) -> None:
+def test_empirical_audit_bad_input(
+    capsys, args: list[str], message: str, expected: ExitCode
+) -> None:
     code, out, err = run(capsys, "empirical", "--noise-multiplier", "1.0", *args)
-    assert code == 2 and message in err and "Traceback" not in out + err
+    assert code == expected and message in err and "Traceback" not in out + err
 
 
 def test_coordinator_budget_view_is_labelled_as_reported(capsys, tmp_path: Path) -> None:

@@ -6,10 +6,10 @@ ledger, calibration and reports can switch between them by a configuration strin
 
 from __future__ import annotations
 
-from privacy.accountants.base import Accountant, UnsupportedEvent, validate_delta
-from privacy.accountants.pld import PldAccountant
-from privacy.accountants.prv import PrvAccountant
-from privacy.accountants.rdp import RdpAccountant
+from oralfed.privacy.accountants.base import Accountant, UnsupportedEvent, validate_delta
+from oralfed.privacy.accountants.pld import PldAccountant
+from oralfed.privacy.accountants.prv import PrvAccountant
+from oralfed.privacy.accountants.rdp import RdpAccountant
 
 ACCOUNTANTS: dict[str, type[Accountant]] = {
     cls.name: cls for cls in (PldAccountant, PrvAccountant, RdpAccountant)

@@ -12,11 +12,18 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import ClassVar
 
-from privacy.events import PrivacyEvent, merge_identical
+from oralfed.privacy.events import PrivacyEvent, merge_identical
+from oralfed.schemas.errors import ExitCode, OralFedError
 
 
-class UnsupportedEvent(ValueError):
-    """The accountant cannot analyse this mechanism (e.g. PRV and the Laplace mechanism)."""
+class UnsupportedEvent(OralFedError, ValueError):
+    """The accountant cannot analyse this mechanism (e.g. PRV and the Laplace mechanism).
+
+    Also a ``ValueError``, as it was before OralFed had one error root: callers that catch
+    that must keep working.
+    """
+
+    exit_code: ClassVar[ExitCode] = ExitCode.USAGE
 
 
 def validate_delta(delta: float) -> None:

@@ -11,8 +11,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from privacy.accountants.base import Accountant, UnsupportedEvent
-from privacy.events import DpSgdEvent, GaussianEvent, PrivacyEvent
+from oralfed.privacy.accountants.base import Accountant, UnsupportedEvent
+from oralfed.privacy.events import DpSgdEvent, GaussianEvent, PrivacyEvent
 
 
 class PrvAccountant(Accountant):

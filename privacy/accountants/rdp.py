@@ -7,8 +7,8 @@ from typing import ClassVar
 
 from dp_accounting.rdp import RdpAccountant as DpAccountingRdpAccountant
 
-from privacy.accountants.base import Accountant
-from privacy.events import PrivacyEvent, to_dp_event
+from oralfed.privacy.accountants.base import Accountant
+from oralfed.privacy.events import PrivacyEvent, to_dp_event
 
 
 class RdpAccountant(Accountant):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-from server.coordinator_db import Base
+from oralfed.server.coordinator_db import Base
 
 config = context.config
 

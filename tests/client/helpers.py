@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from client.training import DpRoundPlan, plan_dp_round
-from schemas.features import NUM_FEATURES
+from oralfed.client.training import DpRoundPlan, plan_dp_round
+from oralfed.schemas.features import NUM_FEATURES
 
 
 def toy_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -13,25 +13,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, Message, MessageType, Metadata, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, Metadata, RecordDict
 from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 from scipy import stats
 from torch import nn
 
-from client.app import handle_train
-from client.dp_engines import DP_ENGINES, DpEngine, FastDpEngine, get_dp_engine
-from client.dp_fast import GhostClipping, expected_batch_size, poisson_batches
-from client.model import build_model
-from client.node import ClinicNode
-from client.training import TrainingConfigError, evaluate
-from privacy.events import DpSgdEvent
-from privacy.ledger import PrivacyLedger
-from schemas import protocol
-from schemas.features import NUM_FEATURES
-from schemas.synthetic import write_federation
-from server.report import build_report
-from server.settings import FederationSettings, SettingsError
+from oralfed.client.app import handle_train
+from oralfed.client.dp_engines import DP_ENGINES, DpEngine, FastDpEngine, get_dp_engine
+from oralfed.client.dp_fast import GhostClipping, expected_batch_size, poisson_batches
+from oralfed.client.training import TrainingConfigError, evaluate
+from oralfed.privacy.events import DpSgdEvent
+from oralfed.privacy.ledger import PrivacyLedger
+from oralfed.schemas import protocol
+from oralfed.schemas.features import NUM_FEATURES
+from oralfed.schemas.model import build_model
+from oralfed.schemas.node_config import ClinicNode
+from oralfed.schemas.settings import DpEngineName, FederationSettings, SettingsError
+from oralfed.schemas.synthetic import write_federation
+from oralfed.server.report import build_run_report
 from tests.client.helpers import plan, toy_data
 
 P_THRESHOLD = 1e-6  # per statistical check
@@ -248,7 +248,7 @@ def test_both_engines_spend_exactly_the_charged_plan(tmp_path: Path) -> None:
     x, y = toy_data(600)
     round_plan = plan(n_train=600, batch_size=50, local_epochs=2)
     epsilons = []
-    for name in protocol.DP_ENGINES:
+    for name in DpEngineName:
         result = get_dp_engine(name).train(build_model(seed=1), x, y, round_plan, seed=3)
         assert result.engine == name and result.steps == round_plan.steps == 24
         event = DpSgdEvent(round_plan.noise_multiplier, round_plan.sample_rate, result.steps)
@@ -356,8 +356,8 @@ def test_fast_engine_refuses_models_it_cannot_clip_exactly(model: nn.Module, mes
 
 
 def test_engines_are_chosen_by_the_protocol_names() -> None:
-    assert tuple(DP_ENGINES) == protocol.DP_ENGINES
-    assert get_dp_engine().name == protocol.DEFAULT_DP_ENGINE == "fast"
+    assert set(DP_ENGINES) == set(DpEngineName)  # one registry, every name has its engine
+    assert get_dp_engine().name == DpEngineName.FAST == "fast"
     with pytest.raises(TrainingConfigError, match="unknown DP engine 'turbo'; choose one of fast"):
         get_dp_engine("turbo")
 
@@ -366,15 +366,14 @@ def test_settings_send_the_engine_and_the_report_names_it() -> None:
     settings = FederationSettings.from_run_config({"dp-engine": "opacus", "target-epsilon": 3.0})
     assert settings.train_config()[protocol.CFG_DP_ENGINE] == "opacus"
     assert FederationSettings().dp_engine == "fast"
-    with pytest.raises(SettingsError, match="--dp-engine must be one of fast, opacus"):
+    with pytest.raises(SettingsError, match="dp-engine must be one of fast, opacus"):
         FederationSettings(dp_engine="turbo")
-    report = build_report(
+    report = build_run_report(
         run_id="r",
         status="completed",
         message=None,
         settings=settings.public_dict(),
         rounds=[],
-        comparison=None,
     )
     assert report["dp_engine"] == "opacus"
 
@@ -394,7 +393,8 @@ def train_message(settings: FederationSettings) -> Message:
         ttl=3600.0,
         message_type=MessageType.TRAIN,
     )
-    return Message(content=RecordDict({"arrays": arrays, "config": config}), metadata=metadata)
+    content = RecordDict({"arrays": arrays, "config": ConfigRecord(config)})
+    return Message(content=content, metadata=metadata)
 
 
 def test_clinic_refuses_an_unknown_engine_before_charging_and_trains_with_the_named_one(

@@ -10,18 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.data import ClinicData, load_clinic_data
-from client.empirical_audit import (
+from oralfed.client.data import ClinicData, load_clinic_data
+from oralfed.client.empirical_audit import (
     count_correct,
     epsilon_lower_bound,
     membership_guesses,
     p_value_dp_audit,
     run_empirical_audit,
 )
-from client.training import DpRoundPlan, TrainingConfigError, plan_dp_round
-from schemas.protocol import DP_ENGINES
-from schemas.synthetic import write_federation
-from server.settings import FederationSettings
+from oralfed.client.training import DpRoundPlan, TrainingConfigError, plan_dp_round
+from oralfed.schemas.settings import DpEngineName, FederationSettings
+from oralfed.schemas.synthetic import write_federation
 
 DELTA = 1e-5
 
@@ -93,7 +92,7 @@ def test_broken_setting_is_caught(clinic: ClinicData) -> None:
     assert result.consistent  # the accountant's bound (thousands) is still an upper bound
 
 
-@pytest.mark.parametrize("engine", DP_ENGINES)
+@pytest.mark.parametrize("engine", list(DpEngineName))
 def test_platform_defaults_stay_below_the_accounted_epsilon(
     clinic: ClinicData, engine: str
 ) -> None:

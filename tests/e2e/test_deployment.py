@@ -28,13 +28,13 @@ from typing import Any
 
 import pytest
 
-from privacy.ledger import PrivacyLedger
-from schemas import protocol
-from server.launch import list_runs
-from server.provisioning import add_clinic, init_federation, list_clinics, remove_clinic
+from oralfed.deploy.launch import list_runs
+from oralfed.deploy.provisioning import add_clinic, init_federation, list_clinics, remove_clinic
+from oralfed.privacy.ledger import PrivacyLedger
+from oralfed.schemas import protocol
 
 pytestmark = pytest.mark.e2e
-ORALFED = [sys.executable, "-m", "cli"]
+ORALFED = [sys.executable, "-m", "oralfed.cli"]
 CLINICS = ("clinic-01", "clinic-02", "clinic-03")
 TOKEN = re.compile(rb"[A-Za-z0-9_-]+")  # a patient_ref is one such token (data contract)
 

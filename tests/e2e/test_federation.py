@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from privacy.events import DpSgdEvent
-from privacy.ledger import PrivacyLedger
+from oralfed.privacy.events import DpSgdEvent
+from oralfed.privacy.ledger import PrivacyLedger
 
 pytestmark = pytest.mark.e2e
-ORALFED = [sys.executable, "-m", "cli"]
+ORALFED = [sys.executable, "-m", "oralfed.cli"]
 
 
 def oralfed(*arguments: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from privacy.events import GaussianEvent
-from privacy.ledger import PrivacyLedger
-from server.coordinator_db import CoordinatorStore
+from oralfed.privacy.events import GaussianEvent
+from oralfed.privacy.ledger import PrivacyLedger
+from oralfed.server.coordinator_db import CoordinatorStore
 
 pytestmark = pytest.mark.e2e
 
@@ -26,7 +26,7 @@ def test_a_query_runs_through_the_simulated_federation(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "cli",
+            "oralfed.cli",
             "insights",
             "query",
             "--measure",

@@ -26,8 +26,8 @@ import pytest
 from dp_accounting.pld import PLDAccountant
 from opacus.accountants import RDPAccountant
 
-from privacy.accountants import DEFAULT_ACCOUNTANT, get_accountant
-from privacy.events import DpSgdEvent
+from oralfed.privacy.accountants import DEFAULT_ACCOUNTANT, get_accountant
+from oralfed.privacy.events import DpSgdEvent
 
 DELTAS = (1e-5, 1e-8)
 GRID = [(q, sigma, steps) for q in (0.01, 0.2) for sigma in (1.2, 4.0) for steps in (40, 1000)]

@@ -10,7 +10,7 @@ import dp_accounting
 import pytest
 from opacus.accountants import PRVAccountant
 
-from privacy.accountants import (
+from oralfed.privacy.accountants import (
     ACCOUNTANTS,
     DEFAULT_ACCOUNTANT,
     PldAccountant,
@@ -19,8 +19,8 @@ from privacy.accountants import (
     UnsupportedEvent,
     get_accountant,
 )
-from privacy.calibration import default_delta, dpsgd_epsilon, noise_multiplier_for_epsilon
-from privacy.events import (
+from oralfed.privacy.calibration import default_delta, dpsgd_epsilon, noise_multiplier_for_epsilon
+from oralfed.privacy.events import (
     MIN_NOISE_MULTIPLIER,
     DpSgdEvent,
     GaussianEvent,

@@ -11,17 +11,16 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import create_engine
 
-from privacy import audit
-from privacy.accountants import PldAccountant, RdpAccountant
-from privacy.audit import AuditLog, read_database_log
-from privacy.budget_report import (
+from oralfed.privacy.accountants import PldAccountant, RdpAccountant
+from oralfed.privacy.audit_log import ROUND_COMPLETED, RUN_STARTED, AuditLog, read_database_log
+from oralfed.privacy.budget_report import (
     cumulative_epsilons,
     ledger_reports,
     mechanisms_used,
     reported_budgets,
 )
-from privacy.events import DpSgdEvent, GaussianEvent, LaplaceEvent
-from privacy.ledger import PrivacyLedger
+from oralfed.privacy.events import DpSgdEvent, GaussianEvent, LaplaceEvent
+from oralfed.privacy.ledger import PrivacyLedger
 
 DELTA = 1e-5
 ROUND = DpSgdEvent(noise_multiplier=2.0, sample_rate=0.05, steps=100)
@@ -118,7 +117,7 @@ def test_helpers_on_empty_and_mixed_histories() -> None:
 
 def coordinator_log(path: Path) -> AuditLog:
     log = AuditLog(create_engine(f"sqlite:///{path}"), Ed25519PrivateKey.generate())
-    log.append(audit.RUN_STARTED, {"run_id": "r1", "settings": {}})
+    log.append(RUN_STARTED, {"run_id": "r1", "settings": {}})
     return log
 
 
@@ -137,7 +136,7 @@ def clinic_result(clinic: str, status: str, spent: float | None = None) -> dict[
 def test_federation_view_is_what_clinics_last_reported(tmp_path: Path) -> None:
     log = coordinator_log(tmp_path / "coordinator.db")
     log.append(
-        audit.ROUND_COMPLETED,
+        ROUND_COMPLETED,
         {
             "run_id": "r1",
             "round": 1,
@@ -149,7 +148,7 @@ def test_federation_view_is_what_clinics_last_reported(tmp_path: Path) -> None:
         },
     )
     log.append(
-        audit.ROUND_COMPLETED,
+        ROUND_COMPLETED,
         {
             "run_id": "r1",
             "round": 2,

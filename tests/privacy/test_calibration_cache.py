@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from privacy import calibration
-from privacy.calibration import CalibrationCache, noise_multiplier_for_epsilon
+from oralfed.privacy import calibration
+from oralfed.privacy.calibration import CalibrationCache, noise_multiplier_for_epsilon
 
 PLAN = (2.0, 0.05, 200, 1e-5)
 

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from privacy.accountants import PldAccountant, UnsupportedEvent
-from privacy.events import DpSgdEvent, GaussianEvent, LaplaceEvent, PrivacyEvent
-from privacy.ledger import (
+from oralfed.privacy.accountants import PldAccountant, UnsupportedEvent
+from oralfed.privacy.events import DpSgdEvent, GaussianEvent, LaplaceEvent, PrivacyEvent
+from oralfed.privacy.ledger import (
     BudgetExceeded,
     ChargeRecord,
     InvalidBudget,

@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from privacy.accountants import get_accountant
-from privacy.events import GaussianEvent, LaplaceEvent
-from privacy.mechanisms import (
+from oralfed.privacy.accountants import get_accountant
+from oralfed.privacy.events import GaussianEvent, LaplaceEvent
+from oralfed.privacy.mechanisms import (
     Bounds,
     Estimate,
     NoiseKind,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from schemas.contract import PatientRecord
-from schemas.features import (
+from oralfed.schemas.contract import PatientRecord
+from oralfed.schemas.features import (
     FEATURE_NAMES,
     NUM_FEATURES,
     Task,
@@ -13,7 +13,7 @@ from schemas.features import (
     encode_labels,
     has_label,
 )
-from schemas.importer import validate_row
+from oralfed.schemas.importer import validate_row
 from tests.conftest import GOOD_ROW
 
 

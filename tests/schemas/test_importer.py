@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from schemas.contract import CONTRACT_COLUMNS, FluoridatedWater, PatientRecord
-from schemas.importer import ContractError, import_file, write_quarantine
-from schemas.synthetic import clinic_profiles, synthesize_clinic_with_faults
+from oralfed.schemas.contract import CONTRACT_COLUMNS, FluoridatedWater, PatientRecord
+from oralfed.schemas.importer import ContractError, import_file, write_quarantine
+from oralfed.schemas.synthetic import clinic_profiles, synthesize_clinic_with_faults
 from tests.conftest import GOOD_ROW, WriteCsv, good_rows
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from schemas.contract import PatientRecord
-from schemas.query import (
+from oralfed.schemas.contract import PatientRecord
+from oralfed.schemas.query import (
     AGE_BAND,
     COLUMN_KINDS,
     ColumnKind,

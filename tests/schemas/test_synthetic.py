@@ -1,4 +1,4 @@
-"""Tests for the synthetic clinic-data generator (``schemas/synthetic.py``).
+"""Tests for the synthetic clinic-data generator (the ``schemas/synthetic/`` package).
 
 The generator is the test bed for everything else (importer, federated training, privacy
 accounting), so these tests pin down what the rest of the project relies on: byte-for-byte
@@ -25,18 +25,35 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas import synthetic as syn
-from schemas.synthetic import (
+from oralfed.schemas.contract import (
+    ConsentTier,
+    FluoridatedWater,
+    Periodontitis,
+    Sex,
+    SmokingStatus,
+)
+from oralfed.schemas.errors import ExitCode, OralFedError
+from oralfed.schemas.synthetic import (
     CONTRACT_COLUMNS,
     FAULT_KINDS,
     REFERENCE_DATE,
     ClinicProfile,
+    SyntheticDataError,
     clinic_profiles,
     periodontitis_stage_probabilities,
     synthesize_clinic,
     synthesize_clinic_with_faults,
     untreated_caries_probability,
     write_federation,
+)
+from oralfed.schemas.synthetic.export import write_csv_atomically
+from oralfed.schemas.synthetic.ground_truth import caries_age_offset, caries_logit
+from oralfed.schemas.synthetic.vocabulary import (
+    CONSENT_TIERS,
+    PERIODONTITIS_STAGES,
+    SEXES,
+    SMOKING_STATUSES,
+    WATER_STATUSES,
 )
 
 Row = dict[str, str]
@@ -164,9 +181,30 @@ def test_contract_columns_are_the_contracts_in_order() -> None:
     assert CONTRACT_COLUMNS == EXPECTED_COLUMNS
 
 
-def test_contract_columns_match_the_contract_module() -> None:
-    contract = pytest.importorskip("schemas.contract")
-    assert tuple(contract.CONTRACT_COLUMNS) == CONTRACT_COLUMNS
+# Positions are codes in the generator's ground truth (smoking 2 = current, water 1 = no,
+# sex 1 = male), so the order of each vocabulary is pinned, not only its words.
+CODE_ORDER = {
+    "sex": ("female", "male", "other", "unknown"),
+    "smoking_status": ("never", "former", "current"),
+    "fluoridated_water": ("yes", "no", "unknown"),
+    "periodontitis": ("none", "mild", "moderate", "severe"),
+    "consent_tier": ("care_only", "statistics", "research"),
+}
+
+
+def test_category_codes_are_the_contract_words_in_pinned_order() -> None:
+    # Reordering a contract enum must fail here, not silently change the risk model.
+    generator = {
+        "sex": (SEXES, Sex),
+        "smoking_status": (SMOKING_STATUSES, SmokingStatus),
+        "fluoridated_water": (WATER_STATUSES, FluoridatedWater),
+        "periodontitis": (PERIODONTITIS_STAGES, Periodontitis),
+        "consent_tier": (CONSENT_TIERS, ConsentTier),
+    }
+    assert generator.keys() == CATEGORIES.keys() == CODE_ORDER.keys()
+    for name, (words, enum) in generator.items():
+        assert words == CODE_ORDER[name] == tuple(member.value for member in enum), name
+        assert set(words) == CATEGORIES[name], name
 
 
 def test_rows_are_string_cells_keyed_by_contract_columns() -> None:
@@ -216,7 +254,7 @@ def test_write_is_atomic_and_leaves_no_temporary_file_on_failure(tmp_path: Path)
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError, match="disk full"):
-        syn._write_csv_atomically(target, rows_then_crash())
+        write_csv_atomically(target, rows_then_crash())
     assert target.read_text(encoding="utf-8") == "old content\n"
     assert [p.name for p in tmp_path.iterdir()] == ["clinic-01.csv"]
     write_federation(tmp_path, n_clinics=1, seed=0)  # replaces the old file in place
@@ -331,6 +369,21 @@ def test_caries_model_directions() -> None:
         p(smoking_status="sometimes")
 
 
+def test_caries_logit_is_the_age_offset_plus_habits() -> None:
+    # DMFT and the calibration take "logit minus age offset" as the habit score: it must be
+    # zero without habits and must not depend on age for equal habits.
+    age = np.arange(2.0, 105.0)
+    zero, no = np.zeros_like(age), np.zeros(age.size, dtype=bool)
+    # codes: age, smoking, brushing, flossing, drinks, snacks, toothpaste, water, visits, diabetes
+    no_habits = caries_logit(age, zero, zero, zero, zero, zero, no, zero, zero, no)
+    np.testing.assert_array_equal(no_habits, caries_age_offset(age))
+    two = zero + 2.0
+    habits = caries_logit(age, two, two, two, two, two, ~no, two - 1, two, ~no)
+    habit_score = habits - caries_age_offset(age)
+    np.testing.assert_allclose(habit_score, habit_score[0], rtol=0, atol=1e-12)
+    assert len(set(caries_age_offset(age).tolist())) == 4  # ages 2-5, 6-19, 20-64, 65+
+
+
 def test_periodontitis_model_is_ordinal_and_matches_the_labels() -> None:
     rows = [row for row in pooled((0,)) if row["periodontitis"]]
     probabilities = periodontitis_stage_probabilities(
@@ -344,7 +397,7 @@ def test_periodontitis_model_is_ordinal_and_matches_the_labels() -> None:
     assert probabilities.shape == (len(rows), 4)
     assert (probabilities >= 0).all()
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
-    observed = [np.mean(column(rows, "periodontitis") == s) for s in syn._PERIO]
+    observed = [np.mean(column(rows, "periodontitis") == s) for s in PERIODONTITIS_STAGES]
     np.testing.assert_allclose(observed, probabilities.mean(axis=0), atol=0.015)
 
     def severe_or_moderate(**kw: object) -> float:
@@ -543,6 +596,21 @@ def test_refuses_bad_row_fraction_outside_zero_to_half(tmp_path: Path, fraction:
         write_federation(tmp_path, n_clinics=1, seed=0, bad_row_fraction=fraction)
     with pytest.raises(ValueError, match="bad_row_fraction"):
         synthesize_clinic_with_faults(small_profile(10), 0, fraction)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_refusals_are_usage_errors_that_name_the_setting(tmp_path: Path) -> None:
+    for call, setting in (
+        (lambda: write_federation(tmp_path, n_clinics=0, seed=0), "n_clinics"),
+        (lambda: clinic_profiles(2, seed=True), "seed"),
+        (lambda: synthesize_clinic(small_profile(10), 0, bad_row_fraction=0.9), "bad_row_fraction"),
+        (lambda: small_profile(visit_rate=-1.0), "visit_rate"),
+    ):
+        with pytest.raises(SyntheticDataError, match=setting) as refused:
+            call()
+        assert isinstance(refused.value, OralFedError) and isinstance(refused.value, ValueError)
+        assert refused.value.exit_code is ExitCode.USAGE
+        assert "--" not in str(refused.value)  # a setting, not a CLI flag
     assert list(tmp_path.iterdir()) == []
 
 

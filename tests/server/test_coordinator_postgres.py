@@ -24,10 +24,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
-import server
-from schemas import protocol
-from server.coordinator_db import Base, CoordinatorStore, RunRow
-from server.history import ClinicResult, RoundRecord
+import oralfed.server
+from oralfed.schemas import protocol
+from oralfed.server.coordinator_db import Base, CoordinatorStore, RunRow
+from oralfed.server.history import ClinicResult, RoundRecord
 
 
 def postgres_bindir() -> Path | None:
@@ -131,8 +131,8 @@ def exercise(url: str) -> None:
 def register_all_models() -> None:
     """Tables on the coordinator's ``Base`` may be declared in any ``server`` module (e.g.
     the insights API's tokens): import them all so the comparison sees every model."""
-    for module in pkgutil.iter_modules(server.__path__):
-        importlib.import_module(f"server.{module.name}")
+    for module in pkgutil.iter_modules(oralfed.server.__path__):
+        importlib.import_module(f"oralfed.server.{module.name}")
 
 
 def assert_schema_matches_models(url: str) -> None:

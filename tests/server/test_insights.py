@@ -7,25 +7,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.node import ClinicNode
-from client.query import (
-    ClinicAnswer,
-    ClinicRefusal,
+from oralfed.client.query import (
     answer_query,
     local_release,
     statistics_records,
 )
-from privacy.ledger import PrivacyLedger
-from privacy.mechanisms import calibrate, releases_for
-from schemas import protocol
-from schemas.importer import import_file
-from schemas.query import parse_query
-from schemas.synthetic import write_federation
-from server.coordinator_db import CoordinatorStore
-from server.insights import (
+from oralfed.deploy.local_clinics import answer_in_process
+from oralfed.privacy.ledger import PrivacyLedger
+from oralfed.privacy.mechanisms import calibrate, releases_for
+from oralfed.schemas import protocol
+from oralfed.schemas.importer import import_file
+from oralfed.schemas.node_config import ClinicNode
+from oralfed.schemas.query import parse_query
+from oralfed.schemas.query_messages import ClinicAnswer, ClinicRefusal
+from oralfed.schemas.synthetic import write_federation
+from oralfed.server.coordinator_db import CoordinatorStore
+from oralfed.server.insights import (
     InsightError,
     SuppressionPolicy,
-    answer_in_process,
     combine,
     run_and_record,
 )

@@ -12,12 +12,12 @@ import httpx
 import pytest
 import uvicorn
 
-from client.model import build_model, save_model
-from client.node import ClinicNode
-from schemas.features import Task
-from server.coordinator_db import CoordinatorStore
-from server.insights import answer_in_process
-from server.insights_api import ApiTokenRow, create_app, create_token
+from oralfed.deploy.local_clinics import answer_in_process
+from oralfed.schemas.features import Task
+from oralfed.schemas.model import build_model, save_model
+from oralfed.schemas.node_config import ClinicNode
+from oralfed.server.coordinator_db import CoordinatorStore
+from oralfed.server.insights_api import ApiTokenRow, create_app, create_token
 from tests.conftest import GOOD_ROW, WriteCsv
 
 QUERY = {"measure": "proportion", "column": "untreated_caries", "epsilon": 0.5}

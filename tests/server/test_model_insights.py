@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from client.model import build_model
-from schemas.features import FEATURE_NAMES, Task
-from server.model_insights import (
+from oralfed.schemas.features import FEATURE_NAMES, Task
+from oralfed.schemas.model import build_model
+from oralfed.server.model_insights import (
     HABIT_CHANGES,
     HabitChange,
     ProfileError,

@@ -6,6 +6,7 @@ tabular risk model gains nothing from anything fancier.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from schemas.features import FEATURE_NAMES, NUM_FEATURES, Task
+from oralfed.schemas.errors import ExitCode, OralFedError
+from oralfed.schemas.features import FEATURE_NAMES, NUM_FEATURES, Task
+from oralfed.schemas.files import write_bytes_atomically
+from oralfed.schemas.settings import DEFAULT_HIDDEN_SIZES
 
-DEFAULT_HIDDEN_SIZES: tuple[int, ...] = (64, 32)
 MODEL_FORMAT = "oralfed-risk-model/1"
 
 
@@ -63,8 +66,7 @@ def save_model(model: RiskModel, path: Path, task: Task, metadata: dict[str, Any
     Only tensors, strings and numbers are stored so that ``torch.load(weights_only=True)``
     can read it without executing code from the file.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
+    buffer = io.BytesIO()
     torch.save(
         {
             "format": MODEL_FORMAT,
@@ -76,13 +78,15 @@ def save_model(model: RiskModel, path: Path, task: Task, metadata: dict[str, Any
             },
             "metadata": metadata,
         },
-        temporary,
+        buffer,
     )
-    temporary.replace(path)
+    write_bytes_atomically(path, buffer.getvalue())
 
 
-class ModelFormatError(Exception):
+class ModelFormatError(OralFedError):
     """A file that is not an OralFed model, or one made for other features."""
+
+    exit_code = ExitCode.MODEL_FORMAT
 
 
 def load_model(path: Path) -> tuple[RiskModel, Task, dict[str, Any]]:

@@ -12,17 +12,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from cli.main import main
-from server.provisioning import (
-    FederationConfig,
-    FederationPaths,
-    ProvisioningError,
-    add_clinic,
-    init_federation,
-    key_fingerprint,
-    list_clinics,
-    remove_clinic,
-)
+from oralfed.cli.main import main
+from oralfed.deploy.errors import ProvisioningError
+from oralfed.deploy.federation_dir import FederationConfig, FederationPaths
+from oralfed.deploy.pki import ssh_key_fingerprint
+from oralfed.deploy.provisioning import add_clinic, init_federation, list_clinics, remove_clinic
+from oralfed.schemas.errors import ExitCode
 
 PORT = 1  # nothing listens there: registration stays pending
 
@@ -90,7 +85,7 @@ def test_kit_holds_its_own_key_pair_and_nothing_of_anyone_else(federation: Path)
     key = serialization.load_ssh_private_key((kit / "node.key").read_bytes(), None)
     assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp384r1"
     public = (kit / "node.key.pub").read_bytes()
-    assert key_fingerprint(public) == first.fingerprint
+    assert ssh_key_fingerprint(public) == first.fingerprint
     assert (kit / "ca.crt").read_bytes() == paths.ca_cert.read_bytes()
     # Nothing secret of the federation or of clinic-b is in clinic-a's kit.
     secrets = [
@@ -178,11 +173,12 @@ def run_cli(capsys: pytest.CaptureFixture[str], *arguments: str) -> tuple[int, s
     return int(exit_info.value.code or 0), capsys.readouterr().err
 
 
-def test_cli_errors_have_no_traceback_and_exit_2(
+def test_cli_provisioning_errors_have_no_traceback_and_exit_with_the_deployment_code(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, err = run_cli(capsys, "deploy", "add-clinic", "x", "-f", str(tmp_path))
-    assert code == 2 and "not a federation folder" in err and "Traceback" not in err
+    assert code == ExitCode.DEPLOYMENT
+    assert "not a federation folder" in err and "Traceback" not in err
 
 
 def test_cli_init_add_list_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -198,7 +194,7 @@ def test_server_refuses_insecure_without_dev(
     federation: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, err = run_cli(capsys, "server", "start", "-f", str(federation), "--insecure")
-    assert code == 2 and "--dev" in err
+    assert code == ExitCode.USAGE and "--dev" in err
 
 
 def test_server_refuses_an_unreachable_coordinator_database(
@@ -206,4 +202,4 @@ def test_server_refuses_an_unreachable_coordinator_database(
 ) -> None:
     url = "postgresql+psycopg://nobody@127.0.0.1:1/oralfed"
     code, err = run_cli(capsys, "server", "start", "-f", str(federation), "--coordinator-url", url)
-    assert code == 2 and "--coordinator-url" in err and "Traceback" not in err
+    assert code == ExitCode.USAGE and "--coordinator-url" in err and "Traceback" not in err

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from client.node import ClinicNode
+from oralfed.schemas.files import dumps, write_json_atomically
+from oralfed.schemas.node_config import ClinicNode
 
 SPEC_FILE = "simulation-spec.json"
 OUTCOME_FILE = "outcome.json"
@@ -56,12 +57,12 @@ def launch_simulation(
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = {"app": app, "clinics": [c.to_config() for c in clinics], "settings": settings_json}
-    (out_dir / SPEC_FILE).write_text(json.dumps(spec, indent=2))
+    write_json_atomically(out_dir / SPEC_FILE, spec)
     read_fd, write_fd = os.pipe()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_DEDUP_LOGS": "0", "PYTHONUNBUFFERED": "1"}
     with (out_dir / LOG_FILE).open("ab") as log:
         child = subprocess.Popen(
-            [sys.executable, "-m", "server.simulation", str(out_dir), str(write_fd)],
+            [sys.executable, "-m", "oralfed.deploy.simulation", str(out_dir), str(write_fd)],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -119,10 +120,10 @@ def _run_child(out_dir: Path, events_fd: int) -> int:
     import torch
     from flwr.simulation import run_simulation
 
-    from client.app import make_client_app
-    from server.app import make_server_app
-    from server.insights import QuerySettings, make_query_server_app
-    from server.settings import FederationSettings
+    from oralfed.client.app import make_client_app
+    from oralfed.schemas.settings import FederationSettings
+    from oralfed.server.app import make_server_app
+    from oralfed.server.insights import QuerySettings, make_query_server_app
 
     torch.set_num_threads(1)
     logging.getLogger("flwr").setLevel(logging.INFO)
@@ -131,7 +132,7 @@ def _run_child(out_dir: Path, events_fd: int) -> int:
     events = os.fdopen(events_fd, "w", encoding="utf-8", buffering=1)
 
     def emit(payload: dict[str, Any]) -> None:
-        events.write(json.dumps(payload, default=str) + "\n")
+        events.write(dumps(payload) + "\n")
 
     outcomes: list[Any] = []  # FederationOutcome or QueryOutcome: run_id, status, message
     if spec.get("app") == QUERY_APP:
@@ -164,8 +165,8 @@ def _run_child(out_dir: Path, events_fd: int) -> int:
         status = outcomes[0].status if outcomes and outcomes[0].status == "halted" else "failed"
         message = (outcomes[0].message if outcomes else None) or f"{type(error).__name__}: {error}"
     run_id = outcomes[0].run_id if outcomes else None
-    (out_dir / OUTCOME_FILE).write_text(
-        json.dumps({"run_id": run_id, "status": status, "message": message})
+    write_json_atomically(
+        out_dir / OUTCOME_FILE, {"run_id": run_id, "status": status, "message": message}
     )
     emit({"event": "end", "status": status, "message": message})
     events.close()

@@ -10,17 +10,19 @@ are scored on the same per-clinic test splits that the clinics use for federated
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from client.data import ClinicData, load_clinic_data
-from client.model import RiskModel, build_model
-from client.node import ClinicNode
-from client.training import Evaluation, evaluate
-from schemas.features import Task
+from oralfed.client.data import ClinicData, load_clinic_data
+from oralfed.client.training import Evaluation, evaluate
+from oralfed.schemas.features import Task
+from oralfed.schemas.json_safe import json_safe
+from oralfed.schemas.model import RiskModel, build_model
+from oralfed.schemas.node_config import ClinicNode
 
 MAX_EPOCHS = 60
 PATIENCE = 5
@@ -114,3 +116,23 @@ def score(model: RiskModel, data: dict[str, ClinicData]) -> ModelScores:
         per_clinic={cid: evaluate(model, d.x_test, d.y_test) for cid, d in data.items()},
         pooled=evaluate(model, pooled_x, pooled_y),
     )
+
+
+def add_comparison(report: dict[str, Any], comparison: BaselineComparison) -> None:
+    """Put the baselines beside the federated model in ``report`` (per clinic and overall)."""
+    for row in report["clinics"]:
+        clinic_id = row["clinic"]
+        if clinic_id in comparison.federated.per_clinic:
+            row["federated_dp"] = json_safe(asdict(comparison.federated.per_clinic[clinic_id]))
+            row["central_pooled"] = json_safe(asdict(comparison.central.per_clinic[clinic_id]))
+            row["local_only"] = json_safe(asdict(comparison.local_only[clinic_id]))
+    federated_auc = comparison.federated.pooled.auc
+    central_auc = comparison.central.pooled.auc
+    report["overall"] = {
+        "federated_dp": json_safe(asdict(comparison.federated.pooled)),
+        "central_pooled": json_safe(asdict(comparison.central.pooled)),
+        "local_only_mean_auc": comparison.local_only_mean_auc,
+        "auc_gap_to_central": None
+        if federated_auc is None or central_auc is None
+        else central_auc - federated_auc,
+    }

@@ -13,10 +13,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from client.data import ClinicData, load_clinic_data
-from client.node import DEFAULT_EPSILON_CAP, ClinicNode
-from server.provisioning import ClinicKit
-from server.superlink import flower_environment, venv_executable
+from oralfed.client.data import ClinicData, load_clinic_data
+from oralfed.deploy.kit import ClinicKit
+from oralfed.deploy.processes import flower_environment, venv_executable
+from oralfed.schemas.node_config import DEFAULT_EPSILON_CAP, ClinicNode
 
 DEFAULT_NODE_PORT = 9094
 

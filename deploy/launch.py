@@ -17,13 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from server.app import GLOBAL_MODEL_FILE, HISTORY_FILE
-from server.insights import ANSWER_FILE, QuerySettings
-from server.provisioning import FederationConfig, FederationPaths, flwr_cli
-from server.report import build_report
-from server.settings import FederationSettings
-from server.strategy import NO_REPLY
-from server.superlink import flower_environment, venv_executable
+from oralfed.deploy.errors import DeployedQueryError
+from oralfed.deploy.federation_dir import FederationConfig, FederationPaths
+from oralfed.deploy.flwr_cli import flwr_cli
+from oralfed.deploy.processes import flower_environment, venv_executable
+from oralfed.schemas.files import write_json_atomically, write_text_atomically
+from oralfed.schemas.settings import FederationSettings
+from oralfed.server.app import GLOBAL_MODEL_FILE, HISTORY_FILE
+from oralfed.server.insights import ANSWER_FILE, QuerySettings
+from oralfed.server.report import REPORT_FILE, build_run_report
+from oralfed.server.strategy import NO_REPLY
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RUN_CONFIG_FILE = "run-config.toml"
@@ -39,30 +42,10 @@ class LaunchResult:
     report: dict[str, Any]
 
 
-def run_config(settings: FederationSettings) -> dict[str, Any]:
-    """``[tool.flwr.app.config]`` values for ``settings`` (inverse of ``from_run_config``)."""
-    return {
-        "num-server-rounds": settings.rounds,
-        "strategy": settings.strategy,
-        "proximal-mu": settings.proximal_mu,
-        "local-epochs": settings.local_epochs,
-        "batch-size": settings.batch_size,
-        "learning-rate": settings.learning_rate,
-        "clip-norm": settings.clip_norm,
-        "target-epsilon": settings.target_epsilon or 0.0,
-        "noise-multiplier": settings.noise_multiplier or 0.0,
-        "seed": settings.seed,
-        "min-clinics": settings.min_clinics,
-        "round-timeout": settings.round_timeout,
-        "out-dir": str(settings.out_dir or ""),
-        "coordinator-url": settings.coordinator_url or "",
-    }
-
-
 def write_run_config(path: Path, values: dict[str, Any]) -> Path:
     """A TOML file for ``--run-config`` (JSON scalars are valid TOML scalars)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items()))
+    lines = (f"{key} = {json.dumps(value)}\n" for key, value in values.items())
+    write_text_atomically(path, "".join(lines))
     return path
 
 
@@ -75,7 +58,7 @@ def launch_run(
     """Start a run with ``flwr run --stream``, pass each log line to ``on_line`` while it runs,
     and return its outcome with the report (also written to ``out-dir/report.json``)."""
     assert settings.out_dir is not None, "a deployed run needs an out-dir on the coordinator"
-    config_file = write_run_config(settings.out_dir / RUN_CONFIG_FILE, run_config(settings))
+    config_file = write_run_config(settings.out_dir / RUN_CONFIG_FILE, settings.run_config())
     run_id, failure = stream_run(fed_dir, app_dir, on_line, "--run-config", str(config_file))
     status = run_status(fed_dir, run_id) if run_id else "failed"
     if status == "completed" and not (settings.out_dir / GLOBAL_MODEL_FILE).is_file():
@@ -132,13 +115,12 @@ def deployed_report(
     history = settings.out_dir / HISTORY_FILE
     rounds = json.loads(history.read_text()) if history.is_file() else []
     _name_unknown_nodes(rounds, node_names or {})
-    report = build_report(
+    report = build_run_report(
         run_id=run_id,
         status=status,
         message=message,
         settings=settings.public_dict(),
         rounds=rounds,
-        comparison=None,
     )
     model = settings.out_dir / GLOBAL_MODEL_FILE
     report["model_file"] = str(model) if model.is_file() else None
@@ -150,7 +132,7 @@ def deployed_report(
             if entry["status"] == "failed" and entry["reason"] == NO_REPLY
         }
     )
-    (settings.out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    write_json_atomically(settings.out_dir / REPORT_FILE, report)
     return report
 
 
@@ -180,10 +162,6 @@ def run_status(fed_dir: Path, run_id: str) -> str:
 
 def stop_run(fed_dir: Path, run_id: str) -> None:
     flwr_cli(FederationPaths(fed_dir), "stop", run_id, "--format", "json")
-
-
-class DeployedQueryError(RuntimeError):
-    """A deployed query that produced no answer; the message says what Flower reported."""
 
 
 def launch_query(

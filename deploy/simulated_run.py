@@ -1,0 +1,133 @@
+"""A whole DP federation on this machine: clinic files → checked clinics → simulation → report.
+
+The library behind ``oralfed federate`` (its deployed twin is :mod:`oralfed.deploy.launch`).
+Every clinic file is validated before anything is written, so a bad file is reported with
+its file, row and field before a round starts; the run folder then holds the report, the
+model, the round history, the Flower log and (for synthetic clinics) the clinics' state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from oralfed.client.data import load_clinic_data, training_records
+from oralfed.deploy.baselines import add_comparison, compare_with_baselines
+from oralfed.deploy.clinic_sources import ClinicSource, Notify, clinic_nodes
+from oralfed.deploy.errors import RunFolderError
+from oralfed.deploy.simulation import EventCallback, SimulationResult, launch_simulation
+from oralfed.schemas.files import write_json_atomically
+from oralfed.schemas.importer import ImportResult, import_file, write_quarantine
+from oralfed.schemas.model import load_model
+from oralfed.schemas.node_config import ClinicNode
+from oralfed.schemas.settings import FederationSettings
+from oralfed.server.app import GLOBAL_MODEL_FILE
+from oralfed.server.report import REPORT_FILE, build_run_report
+
+__all__ = [
+    "SimulatedRun",
+    "SimulatedRunResult",
+    "new_run_folder",
+    "run_simulated_federation",
+]
+
+@dataclass(frozen=True)
+class SimulatedRun:
+    """What to run: the settings, which clinics, and whether to train the baselines too."""
+
+    settings: FederationSettings  # out_dir is the run folder; seed also seeds synthetic clinics
+    source: ClinicSource = field(default_factory=ClinicSource)
+    baselines: bool = True
+
+
+@dataclass(frozen=True)
+class SimulatedRunResult:
+    report: dict[str, Any]
+    simulation: SimulationResult
+    run_folder: Path
+
+
+def new_run_folder(out: Path | None) -> Path:
+    """``out``, or ``runs/<UTC time>``; refused if it already holds files (nothing is lost)."""
+    folder = out or Path("runs") / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    if folder.exists() and any(folder.iterdir()):
+        raise RunFolderError(f"run folder {folder} already holds files; choose a new folder")
+    return folder.resolve()
+
+
+
+def run_simulated_federation(
+    run: SimulatedRun,
+    notify: Notify = lambda _: None,
+    on_event: EventCallback | None = None,
+    on_baselines: Callable[[], None] = lambda: None,
+) -> SimulatedRunResult:
+    """Run the federation and write its report; ``notify`` gets one line per clinic set up.
+
+    A run that did not complete still has its report (``report["status"]`` says how it
+    ended); ``KeyboardInterrupt`` comes after every process the run started has stopped.
+    """
+    settings = run.settings
+    if settings.out_dir is None:
+        raise RunFolderError("a simulated run needs its run folder (out_dir)")
+    if not run.source.epsilon_cap > 0:
+        raise RunFolderError(f"epsilon cap must be positive, got {run.source.epsilon_cap}")
+    out = settings.out_dir
+    nodes = clinic_nodes(replace(run.source, seed=settings.seed), out, notify)
+    checked = [_check_clinic_file(node, settings) for node in nodes]  # refuses before writing
+    out.mkdir(parents=True, exist_ok=True)
+    for result in checked:
+        _report_import(result, out, settings, notify)
+    if len(nodes) < settings.min_clinics:
+        raise RunFolderError(
+            f"{len(nodes)} clinic(s) found, fewer than min-clinics {settings.min_clinics}"
+        )
+    simulation = launch_simulation(nodes, settings.public_dict(), out, on_event)
+    report = build_run_report(
+        run_id=simulation.run_id,
+        status=simulation.status,
+        message=simulation.message,
+        settings=settings.public_dict(),
+        rounds=simulation.rounds,
+    )
+    model_path = out / GLOBAL_MODEL_FILE
+    if simulation.status == "completed" and run.baselines:
+        on_baselines()
+        model, _, _ = load_model(model_path)
+        add_comparison(
+            report,
+            compare_with_baselines(
+                nodes, model, settings.task, settings.hidden_sizes, settings.seed
+            ),
+        )
+    report["model_file"] = str(model_path) if model_path.exists() else None
+    write_json_atomically(out / REPORT_FILE, report)
+    return SimulatedRunResult(report, simulation, out)
+
+
+def _check_clinic_file(node: ClinicNode, settings: FederationSettings) -> ImportResult:
+    """Validate a clinic's file up front, so bad input is reported before any round starts."""
+    result = import_file(node.data_path)
+    load_clinic_data(node.clinic_id, node.data_path, settings.task)  # refuses unusable clinics
+    return result
+
+
+def _report_import(
+    result: ImportResult, out: Path, settings: FederationSettings, notify: Notify
+) -> None:
+    """One line per clinic; rejected rows go to the run's quarantine folder with reasons."""
+    path = result.path
+    if result.rejected:
+        quarantine = write_quarantine(result, out / "quarantine" / f"{path.stem}.quarantine.csv")
+        notify(
+            f"[yellow]{path}: {result.rows_rejected} of {result.rows_read} rows rejected[/] "
+            f"(reasons in {quarantine})"
+        )
+    usable = len(training_records(result, settings.task))
+    notify(
+        f"{path.stem}: {result.rows_accepted} rows accepted, "
+        f"{usable} research-tier rows for {settings.task.value}"
+    )

@@ -1,0 +1,183 @@
+"""Verification of an audit chain: which entry fails, and the tampering that explains it.
+
+:func:`verify_entries` is a pure function of the stored entries and a public key, so the
+same check runs on a live database, a read-only copy or an export, and cannot alter what it
+checks. What the chain alone cannot show is a cut-off tail: the last entries can be dropped
+and the rest still verifies. The head hash of a verified log is therefore meant to be
+written down elsewhere, and a later check with ``expect_head`` confirms the log still
+contains it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from oralfed.privacy.audit_log import GENESIS_HASH, AuditEntry, canonical_json, entry_hash
+from oralfed.privacy.keys import key_fingerprint
+
+__all__ = ["AuditFailure", "VerificationResult", "verify_entries"]
+
+
+@dataclass(frozen=True)
+class AuditFailure:
+    """Why one entry fails: ``position`` is its place in storage (1 = first), ``problem``
+    one of changed, forged-signature, foreign-key, deleted, reordered, truncated,
+    ledger-mismatch."""
+
+    position: int  # 0: not tied to one entry (a ledger row, or the log as a whole)
+    seq: int | None
+    problem: str
+    detail: str
+
+    def __str__(self) -> str:
+        if self.seq is None:
+            return f"{self.problem}: {self.detail}"
+        return f"entry {self.seq} (position {self.position}): {self.problem}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class VerificationResult:
+    """The outcome of one check: the head to anchor, and every failure found."""
+
+    entries: int
+    head_seq: int | None
+    head_hash: str
+    signer: str
+    failures: tuple[AuditFailure, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "verified": self.ok,
+            "entries": self.entries,
+            "head_seq": self.head_seq,
+            "head_hash": self.head_hash,
+            "signer": self.signer,
+            "failures": [
+                {"position": f.position, "seq": f.seq, "problem": f.problem, "detail": f.detail}
+                for f in self.failures
+            ],
+        }
+
+
+def verify_entries(
+    entries: Sequence[AuditEntry],
+    public_key: Ed25519PublicKey,
+    *,
+    expect_head: str | None = None,
+) -> VerificationResult:
+    """Check every entry's content hash, signature, signer and chain link, in storage order.
+
+    Each failure names the entry and the kind of tampering that explains it: a changed
+    byte (hash does not match content), a forged signature (content and hash agree but
+    the key did not sign them), a foreign key (another node's log, or the wrong key), a
+    deleted entry (a gap in the chain), reordered entries (an authentic entry out of
+    place) and, with ``expect_head``, a truncated tail (the anchored head is gone).
+    """
+    signer = key_fingerprint(public_key)
+    failures: list[AuditFailure] = []
+    seqs = {entry.seq for entry in entries}
+    previous_hash = GENESIS_HASH
+    for position, entry in enumerate(entries, start=1):
+        failures += _entry_failures(position, entry, public_key, signer)
+        if entry.prev_hash != previous_hash:
+            failures.append(_chain_failure(position, entry, seqs))
+        previous_hash = entry.entry_hash
+    head = entries[-1] if entries else None
+    head_hash = head.entry_hash if head else GENESIS_HASH
+    if expect_head is not None and expect_head.lower() not in {e.entry_hash for e in entries}:
+        failures.append(
+            AuditFailure(
+                position=len(entries),
+                seq=None,
+                problem="truncated",
+                detail=(
+                    f"the head recorded earlier ({expect_head}) is not in this log, whose last "
+                    f"entry is {head.seq if head else 'none'} with hash {head_hash}: entries "
+                    "were removed from its end, or this is a different log"
+                ),
+            )
+        )
+    return VerificationResult(
+        entries=len(entries),
+        head_seq=head.seq if head else None,
+        head_hash=head_hash,
+        signer=signer,
+        failures=tuple(failures),
+    )
+
+
+def _entry_failures(
+    position: int, entry: AuditEntry, public_key: Ed25519PublicKey, signer: str
+) -> list[AuditFailure]:
+    """What is wrong with the entry on its own (its link is checked by the caller)."""
+
+    def failure(problem: str, detail: str) -> list[AuditFailure]:
+        return [AuditFailure(position, entry.seq, problem, detail)]
+
+    try:
+        payload = entry.payload_data()
+    except ValueError:
+        return failure("changed", "its payload is no longer valid JSON")
+    if canonical_json(payload) != entry.payload:
+        return failure("changed", "its payload text differs from what was written")
+    if entry.signer != signer:
+        return failure(
+            "foreign-key",
+            f"it was signed by key {entry.signer[:16]}…, not by the expected key "
+            f"{signer[:16]}…: a log from another node, or the wrong public key",
+        )
+    recomputed = entry_hash(
+        seq=entry.seq,
+        recorded_at=entry.recorded_at,
+        kind=entry.kind,
+        payload=payload,
+        prev_hash=entry.prev_hash,
+        signer=entry.signer,
+    )
+    if recomputed != entry.entry_hash:
+        return failure(
+            "changed",
+            "its content no longer matches its hash (a byte of its time, kind, payload, "
+            "sequence number or link was changed after it was signed)",
+        )
+    try:
+        public_key.verify(bytes.fromhex(entry.signature), bytes.fromhex(entry.entry_hash))
+    except (InvalidSignature, ValueError):
+        return failure(
+            "forged-signature",
+            "its hash matches its content but the signature is not the node's: the entry "
+            "was rewritten and re-hashed by someone without the signing key",
+        )
+    return []
+
+
+def _chain_failure(position: int, entry: AuditEntry, seqs: set[int]) -> AuditFailure:
+    """Why the entry does not link to its predecessor: moved, or entries before it gone."""
+    expected_seq = position
+    if entry.seq != expected_seq and expected_seq in seqs:
+        return AuditFailure(
+            position,
+            entry.seq,
+            "reordered",
+            f"entry {entry.seq} is stored where entry {expected_seq} belongs",
+        )
+    if entry.seq > expected_seq:
+        missing = ", ".join(str(s) for s in range(expected_seq, entry.seq) if s not in seqs)
+        return AuditFailure(
+            position, entry.seq, "deleted", f"entries before it are missing ({missing})"
+        )
+    return AuditFailure(
+        position,
+        entry.seq,
+        "deleted" if position == 1 else "reordered",
+        "it does not link to the entry stored before it",
+    )

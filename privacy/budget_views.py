@@ -1,0 +1,121 @@
+"""The budgets a state dir can show: a clinic's own, or the federation's as the clinics said.
+
+A clinic's state dir holds its ledger, and its budgets are recomputed from the whole
+history there (:mod:`privacy.budget_report`): that figure is authoritative. The coordinator
+holds no ledger, only its signed log of rounds, in which each clinic reported its own
+figures; that view is relayed, never recomputed, and carries whether the coordinator's log
+still verifies, so that it is never taken for more than it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from oralfed.privacy.audit_log import json_safe
+from oralfed.privacy.audit_targets import (
+    COORDINATOR_DATABASE,
+    LEDGER_DATABASE,
+    open_target,
+    read_ledger,
+)
+from oralfed.privacy.audit_verify import verify_entries
+from oralfed.privacy.budget_plot import plot_budgets
+from oralfed.privacy.budget_report import (
+    DatasetBudgetReport,
+    ReportedBudget,
+    ledger_reports,
+    reported_budgets,
+)
+from oralfed.privacy.ledger import LedgerError
+
+__all__ = [
+    "ClinicBudgets",
+    "FederationBudgets",
+    "budget_view",
+    "clinic_budgets",
+    "federation_budgets",
+]
+
+
+@dataclass(frozen=True)
+class ClinicBudgets:
+    """A clinic's budgets, recomputed from its ledger; ``chart`` is the PNG written, if any."""
+
+    reports: tuple[DatasetBudgetReport, ...]
+    chart: Path | None = None
+
+
+@dataclass(frozen=True)
+class FederationBudgets:
+    """What each clinic last reported to the coordinator, and whether that log verifies."""
+
+    source: Path
+    log_verified: bool
+    budgets: tuple[ReportedBudget, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": str(self.source),
+            "reported_by_clinics": True,
+            "coordinator_log_verified": self.log_verified,
+            "clinics": [json_safe(vars(budget)) for budget in self.budgets],
+        }
+
+
+def budget_view(
+    state_dir: Path,
+    *,
+    dataset: str | None = None,
+    by_round: bool = False,
+    chart: Path | None = None,
+) -> ClinicBudgets | FederationBudgets:
+    """The budgets of a clinic's state dir, or the federation view of the coordinator's.
+
+    The federation view is one figure per clinic, so ``dataset``, ``by_round`` and
+    ``chart`` apply to a clinic's ledger only.
+    """
+    if not (state_dir / LEDGER_DATABASE).is_file() and (state_dir / COORDINATOR_DATABASE).is_file():
+        return federation_budgets(state_dir)
+    return clinic_budgets(state_dir, dataset=dataset, by_round=by_round, chart=chart)
+
+
+def clinic_budgets(
+    state_dir: Path,
+    *,
+    dataset: str | None = None,
+    by_round: bool = False,
+    chart: Path | None = None,
+) -> ClinicBudgets:
+    """Every data set's report (or ``dataset``'s), each charge's ε with ``by_round``, and the
+    ``chart`` written when asked for (which needs each charge's ε too).
+
+    :class:`~privacy.ledger.LedgerError` when the state dir has no readable ledger or the
+    ledger knows no data set.
+    """
+    path = state_dir / LEDGER_DATABASE
+    if not path.is_file():
+        raise LedgerError(
+            f"state dir {state_dir}: no {LEDGER_DATABASE} (is this a clinic's state dir?)"
+        )
+    try:
+        with read_ledger(path) as ledger:
+            reports = ledger_reports(ledger, dataset, by_round=by_round or chart is not None)
+    except SQLAlchemyError as error:
+        reason = getattr(error, "orig", None) or error
+        raise LedgerError(f"{path}: not a readable ledger database ({reason})") from None
+    if not reports:
+        raise LedgerError(f"{path}: no data set is registered in this ledger")
+    if chart is not None:
+        plot_budgets(reports, chart)
+    return ClinicBudgets(tuple(reports), chart)
+
+
+def federation_budgets(state_dir: Path) -> FederationBudgets:
+    """The coordinator's view: per clinic, the figures it last reported in a round."""
+    target = open_target(state_dir=state_dir)
+    verified = verify_entries(target.entries, target.public_key).ok
+    return FederationBudgets(target.source, verified, tuple(reported_budgets(target.entries)))

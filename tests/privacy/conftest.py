@@ -1,0 +1,31 @@
+"""Fixtures of the audit tests: a clinic state directory and a small, untouched signed log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from oralfed.privacy.keys import PUBLIC_KEY_FILE
+from oralfed.privacy.ledger import PrivacyLedger
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / "clinic"
+
+
+@pytest.fixture
+def five_entries(state_dir: Path) -> Path:
+    """A clinic database whose audit log holds five entries; returns the database path."""
+    with PrivacyLedger.in_state_dir(state_dir) as ledger:
+        assert ledger.audit is not None
+        for index in range(5):
+            ledger.audit.append("test.event", {"index": index, "value": 0.1 * index})
+    return state_dir / "ledger.db"
+
+
+@pytest.fixture
+def public_key_path(five_entries: Path) -> Path:
+    return five_entries.parent / PUBLIC_KEY_FILE
+

@@ -1,0 +1,131 @@
+"""Verification of the audit chain: every kind of tampering is detected and located."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from oralfed.privacy.audit_log import canonical_json, entry_hash, read_database_log
+from oralfed.privacy.audit_verify import verify_entries
+from oralfed.privacy.keys import load_or_create_signing_key, load_public_key
+from oralfed.privacy.ledger import PrivacyLedger
+
+
+@pytest.fixture
+def db(five_entries: Path) -> Iterator[sqlite3.Connection]:
+    connection = sqlite3.connect(five_entries)
+    yield connection
+    connection.commit()
+    connection.close()
+
+
+def check(database: Path, public_key_path: Path, expect_head: str | None = None):
+    return verify_entries(
+        read_database_log(database), load_public_key(public_key_path), expect_head=expect_head
+    )
+
+
+def test_untouched_log_verifies_and_reports_its_head(five_entries: Path, public_key_path: Path):
+    result = check(five_entries, public_key_path)
+    assert result.ok, result.failures
+    assert (result.entries, result.head_seq) == (5, 5)
+    assert result.head_hash == read_database_log(five_entries)[-1].entry_hash
+    assert check(five_entries, public_key_path, expect_head=result.head_hash).ok
+
+
+def test_changed_byte_is_located(five_entries, public_key_path, db):
+    db.execute("UPDATE audit_log SET payload = replace(payload, '3', '4') WHERE seq = 4")
+    db.commit()
+    result = check(five_entries, public_key_path)
+    assert [(f.seq, f.problem) for f in result.failures] == [(4, "changed")]
+
+
+def test_changed_kind_is_located(five_entries, public_key_path, db):
+    db.execute("UPDATE audit_log SET kind = 'test.other' WHERE seq = 2")
+    db.commit()
+    assert [(f.seq, f.problem) for f in check(five_entries, public_key_path).failures] == [
+        (2, "changed")
+    ]
+
+
+def test_rehashed_entry_without_the_key_is_a_forged_signature(five_entries, public_key_path, db):
+    entry = read_database_log(five_entries)[2]
+    payload = canonical_json({"index": 99, "value": 0.0})
+    new_hash = entry_hash(
+        seq=entry.seq,
+        recorded_at=entry.recorded_at,
+        kind=entry.kind,
+        payload=json.loads(payload),
+        prev_hash=entry.prev_hash,
+        signer=entry.signer,
+    )
+    forged = Ed25519PrivateKey.generate().sign(bytes.fromhex(new_hash)).hex()
+    db.execute(
+        "UPDATE audit_log SET payload = ?, entry_hash = ?, signature = ? WHERE seq = 3",
+        (payload, new_hash, forged),
+    )
+    db.commit()
+    failures = check(five_entries, public_key_path).failures
+    # The forged entry, and the next one, whose link still names the old hash.
+    assert [(f.seq, f.problem) for f in failures] == [(3, "forged-signature"), (4, "reordered")]
+
+
+def test_deleted_entry_is_located(five_entries, public_key_path, db):
+    db.execute("DELETE FROM audit_log WHERE seq = 3")
+    db.commit()
+    failures = check(five_entries, public_key_path).failures
+    assert [(f.seq, f.problem) for f in failures] == [(4, "deleted")]
+    assert "(3)" in failures[0].detail
+
+
+def test_deleted_first_entry_is_located(five_entries, public_key_path, db):
+    db.execute("DELETE FROM audit_log WHERE seq = 1")
+    db.commit()
+    assert [(f.seq, f.problem) for f in check(five_entries, public_key_path).failures] == [
+        (2, "deleted")
+    ]
+
+
+def test_reordered_entries_are_located(five_entries, public_key_path, db):
+    columns = "seq, recorded_at, kind, payload, prev_hash, entry_hash, signer, signature"
+    second = db.execute(f"SELECT {columns} FROM audit_log WHERE seq = 2").fetchone()
+    third = db.execute(f"SELECT {columns} FROM audit_log WHERE seq = 3").fetchone()
+    db.execute("UPDATE audit_log SET seq = -2 WHERE seq = 2")  # unique seq: swap via a spare
+    assignments = ", ".join(f"{c.strip()} = ?" for c in columns.split(","))
+    db.execute(f"UPDATE audit_log SET {assignments} WHERE seq = 3", second)
+    db.execute(f"UPDATE audit_log SET {assignments} WHERE seq = -2", third)
+    db.commit()
+    failures = check(five_entries, public_key_path).failures
+    assert (failures[0].position, failures[0].seq, failures[0].problem) == (2, 3, "reordered")
+    assert {f.problem for f in failures} == {"reordered"}
+
+
+def test_truncated_tail_is_caught_only_by_the_anchored_head(five_entries, public_key_path, db):
+    head = check(five_entries, public_key_path).head_hash
+    db.execute("DELETE FROM audit_log WHERE seq >= 4")
+    db.commit()
+    assert check(five_entries, public_key_path).ok  # the chain alone cannot tell
+    failures = check(five_entries, public_key_path, expect_head=head).failures
+    assert [f.problem for f in failures] == ["truncated"]
+    assert head in failures[0].detail
+
+
+def test_log_grown_after_the_anchor_still_verifies(five_entries, public_key_path):
+    head = check(five_entries, public_key_path).head_hash
+    with PrivacyLedger.in_state_dir(five_entries.parent) as ledger:
+        assert ledger.audit is not None
+        ledger.audit.append("test.event", {"index": 5})
+    assert check(five_entries, public_key_path, expect_head=head).ok
+
+
+def test_another_clinics_key_fails_every_entry(five_entries, tmp_path):
+    other = load_or_create_signing_key(tmp_path / "other")
+    result = verify_entries(read_database_log(five_entries), other.public_key())
+    assert not result.ok
+    assert {f.problem for f in result.failures} == {"foreign-key"}
+    assert len(result.failures) == 5

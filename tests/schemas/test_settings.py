@@ -1,0 +1,168 @@
+"""Run settings: one definition, and every derived form round-trips to it."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+from hypothesis import given
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from oralfed.cli.errors import message_for
+from oralfed.cli.settings_options import SettingValues, flag_names, run_setting_options
+from oralfed.schemas import protocol
+from oralfed.schemas.features import Task
+from oralfed.schemas.settings import (
+    DpEngineName,
+    FederationSettings,
+    SettingsError,
+    StrategyName,
+    run_settings,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+# Keys of [tool.flwr.app.config] that are not run settings (the query app, the simulation).
+APP_ONLY_KEYS = {
+    protocol.RUN_MANIFEST_PATH,
+    protocol.RUN_QUERY_JSON,
+    protocol.RUN_CELL_FLOOR,
+    protocol.RUN_CLINIC_MIN_RECORDS,
+    protocol.RUN_ALLOW_SMALL_FLOORS,
+}
+
+valid_settings = st.builds(
+    FederationSettings,
+    rounds=st.integers(1, 50),
+    strategy=st.sampled_from(StrategyName),
+    proximal_mu=st.floats(0, 1),
+    local_epochs=st.integers(1, 5),
+    batch_size=st.integers(1, 512),
+    learning_rate=st.floats(1e-4, 1),
+    clip_norm=st.floats(0.1, 10),
+    target_epsilon=st.just(None),
+    noise_multiplier=st.floats(0.3, 5),
+    seed=st.integers(0, 2**31),
+    min_clinics=st.integers(1, 10),
+    round_timeout=st.floats(1, 3600),
+    task=st.sampled_from(Task),
+    hidden_sizes=st.lists(st.integers(1, 128), min_size=1, max_size=3).map(tuple),
+    dp_engine=st.sampled_from(DpEngineName),
+    out_dir=st.one_of(st.none(), st.just(Path("/srv/run"))),
+    coordinator_url=st.one_of(st.none(), st.just("postgresql+psycopg://db/oralfed")),
+)
+
+
+@given(valid_settings)
+def test_settings_round_trip_through_the_run_config(settings: FederationSettings) -> None:
+    assert FederationSettings.from_run_config(settings.run_config()) == settings
+
+
+@given(valid_settings)
+def test_settings_round_trip_through_their_public_form(settings: FederationSettings) -> None:
+    assert FederationSettings.from_public_dict(settings.public_dict()) == settings
+
+
+def test_a_target_epsilon_round_trips_too() -> None:
+    settings = FederationSettings(target_epsilon=1.5)
+    assert FederationSettings.from_run_config(settings.run_config()) == settings
+
+
+def test_every_setting_is_in_the_run_config_with_a_value_flower_can_hold() -> None:
+    config = FederationSettings().run_config()
+    assert list(config) == [item.key for item in run_settings()]
+    assert all(isinstance(value, bool | int | float | str) for value in config.values())
+    # the bug this registry fixed: a deployed run dropped the engine and the task
+    opacus = FederationSettings(dp_engine=DpEngineName.OPACUS, task=Task.PERIODONTITIS)
+    assert FederationSettings.from_run_config(opacus.run_config()).dp_engine == "opacus"
+    assert FederationSettings.from_run_config(opacus.run_config()).task == Task.PERIODONTITIS
+
+
+def test_pyproject_run_config_states_the_defaults() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    table = pyproject["tool"]["flwr"]["app"]["config"]
+    defaults = FederationSettings().run_config()
+    assert {key: table[key] for key in defaults} == defaults
+    assert set(table) - set(defaults) == APP_ONLY_KEYS
+
+
+def test_every_cli_flag_sets_its_setting() -> None:
+    app = typer.Typer()
+    received: list[FederationSettings] = []
+
+    @app.command()
+    @run_setting_options()
+    def command(settings: SettingValues) -> None:
+        received.append(settings.build())
+
+    arguments = {
+        "--rounds": "3",
+        "--strategy": "fedprox",
+        "--proximal-mu": "0.5",
+        "--local-epochs": "4",
+        "--batch-size": "32",
+        "--learning-rate": "0.05",
+        "--clip-norm": "2.0",
+        "--noise-multiplier": "1.1",
+        "--seed": "11",
+        "--min-clinics": "3",
+        "--round-timeout": "60",
+        "--task": "periodontitis",
+        "--hidden-sizes": "16,8",
+        "--dp-engine": "opacus",
+        "--coordinator-url": "sqlite:///c.db",
+    }
+    # every flagged setting is covered (a target ε is the alternative to a fixed σ, above)
+    assert {*arguments, "--target-epsilon"} == set(flag_names().values())
+    result = CliRunner().invoke(app, [part for pair in arguments.items() for part in pair])
+    assert result.exit_code == 0, result.output
+    assert received == [
+        FederationSettings(
+            rounds=3,
+            strategy=StrategyName.FEDPROX,
+            proximal_mu=0.5,
+            local_epochs=4,
+            batch_size=32,
+            learning_rate=0.05,
+            clip_norm=2.0,
+            target_epsilon=None,
+            noise_multiplier=1.1,
+            seed=11,
+            min_clinics=3,
+            round_timeout=60.0,
+            task=Task.PERIODONTITIS,
+            hidden_sizes=(16, 8),
+            dp_engine=DpEngineName.OPACUS,
+            coordinator_url="sqlite:///c.db",
+        )
+    ]
+
+
+def test_no_flags_give_the_defaults() -> None:
+    assert SettingValues({}).build() == FederationSettings()
+
+
+@pytest.mark.parametrize(
+    ("values", "library_message", "cli_message"),
+    [
+        ({"rounds": 0}, "num-server-rounds must be at least 1", "--rounds must be at least 1"),
+        (
+            {"target_epsilon": 1.0, "noise_multiplier": 1.0},
+            "give at most one of target-epsilon and noise-multiplier",
+            "give at most one of --target-epsilon and --noise-multiplier",
+        ),
+        ({"dp_engine": "turbo"}, "dp-engine must be one of fast, opacus", "--dp-engine must"),
+        ({"learning_rate": float("nan")}, "learning-rate must be a positive", "--learning-rate"),
+    ],
+)
+def test_errors_name_the_setting_and_the_cli_names_its_flag(
+    values: dict[str, Any], library_message: str, cli_message: str
+) -> None:
+    with pytest.raises(SettingsError) as raised:
+        FederationSettings.from_values(values)
+    assert library_message in str(raised.value)
+    assert "--" not in str(raised.value)
+    assert cli_message in message_for(raised.value)
