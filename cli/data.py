@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from oralfed.cli.output import console, print_json
+from oralfed.schemas.errors import ExitCode
 from oralfed.schemas.importer import (
     ImportResult,
     default_quarantine_path,
@@ -46,8 +47,8 @@ def validate(
         print_json(report)
     else:
         render_import_report(result, report.get("quarantine_file"), max_issues)
-    if result.rows_accepted == 0:
-        raise typer.Exit(1)
+    if result.rows_accepted == 0:  # nothing usable: the file is, in effect, invalid data
+        raise typer.Exit(ExitCode.INVALID_DATA)
 
 
 def render_import_report(

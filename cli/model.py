@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 
 from oralfed.cli.output import console
@@ -36,7 +38,9 @@ def score(
     """Write a risk probability per accepted row of FILE, keyed by patient_ref."""
     model, task, _ = load_model(model_file)
     result = import_file(file)
-    risks = model.predict_proba(encode_features(result.accepted)) if result.accepted else []
+    risks: Sequence[float] | np.ndarray = (
+        model.predict_proba(encode_features(result.accepted)) if result.accepted else []
+    )
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(("patient_ref", f"{task.value}_risk"))

@@ -19,6 +19,7 @@ from oralfed.deploy.superlink import (
     start_superlink,
     wait_until_ready,
 )
+from oralfed.schemas.state import coordinator_state_dir
 from oralfed.server.app import COORDINATOR_URL_ENV
 from oralfed.server.coordinator_db import CoordinatorStore
 
@@ -29,8 +30,12 @@ app = typer.Typer(help="Run the coordinator.", no_args_is_help=True)
 def start(
     federation_dir: FederationDir = DEFAULT_FEDERATION_DIR,
     state_dir: Annotated[
-        Path, typer.Option(help="SuperLink database, logs and coordinator database.")
-    ] = Path(".oralfed/coordinator"),
+        Path | None,
+        typer.Option(
+            help="SuperLink database, logs and coordinator database "
+            "(default <state root>/coordinator: ORALFED_HOME, else ~/.oralfed)."
+        ),
+    ] = None,
     host: Annotated[
         str, typer.Option(help="Address to listen on (the port is the federation's).")
     ] = "0.0.0.0",
@@ -64,7 +69,14 @@ def start(
             raise UserError(
                 f"--coordinator-url: cannot open the coordinator database: {error}"
             ) from None
-    options = SuperLinkOptions(federation_dir, state_dir, host, insecure, coordinator_url)
+    state_dir = state_dir or coordinator_state_dir()
+    options = SuperLinkOptions(
+        fed_dir=federation_dir,
+        state_dir=state_dir,
+        host=host,
+        insecure=insecure,
+        coordinator_url=coordinator_url,
+    )
     process = start_superlink(options)
     try:
         wait_until_ready(process, config)

@@ -13,7 +13,7 @@ import functools
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 from enum import Enum
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
@@ -22,7 +22,8 @@ from oralfed.schemas.settings import FederationSettings, RunSetting, run_setting
 __all__ = ["SettingValues", "flag_names", "run_setting_options"]
 
 SETTINGS_PARAMETER = "settings"
-Command = TypeVar("Command", bound=Callable[..., Any])
+# A Typer command; the decorated one takes different parameters (the options, not settings).
+Command = Callable[..., Any]
 
 
 def flag_names() -> dict[str, str]:
@@ -40,7 +41,7 @@ def run_setting_options(*, exclude: Iterable[str] = ()) -> Callable[[Command], C
     options = [item for item in run_settings() if item.flag and item.name not in excluded]
 
     def decorate(command: Command) -> Command:
-        signature = inspect.signature(command)
+        signature = inspect.signature(command, eval_str=True)
         own = [p for name, p in signature.parameters.items() if name != SETTINGS_PARAMETER]
 
         @functools.wraps(command)
@@ -48,10 +49,12 @@ def run_setting_options(*, exclude: Iterable[str] = ()) -> Callable[[Command], C
             values = {item.name: given.pop(item.name) for item in options}
             return command(**given, **{SETTINGS_PARAMETER: SettingValues(values)})
 
+        # What Typer reads the options from: inspect.signature() honours __signature__,
+        # an attribute that typeshed does not declare on functions.
         wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
             parameters=[*own, *(_parameter(item) for item in options)]
         )
-        return wrapper  # type: ignore[return-value]
+        return wrapper
 
     return decorate
 

@@ -35,12 +35,16 @@ def plot_budgets(reports: Sequence[DatasetBudgetReport], path: Path) -> None:
 
     Each report draws its ``points``, so build the reports ``by_round``.
     """
+    import numpy as np
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(8, 4.5))
     axes = figure.subplots()
     for report in reports:
-        times = [point.recorded_at for point in report.points]
+        # The datetimes as an object array: matplotlib's date converter reads it as it reads
+        # the list, and its stubs type the x values as array-like (which a list of
+        # datetimes is not).
+        times = np.array([point.recorded_at for point in report.points], dtype=object)
         (line,) = axes.step(
             times,
             [point.epsilon for point in report.points],

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -105,9 +105,9 @@ def import_file(path: Path | str) -> ImportResult:
     ignored = _check_header(path, header)
     result = ImportResult(path=path, fingerprint=fingerprint, rows_read=0, ignored_columns=ignored)
     seen_refs: dict[str, int] = {}
-    for row_number, cells in enumerate(rows, start=1):
+    for row_number, (cells, surplus) in enumerate(rows, start=1):
         result.rows_read += 1
-        record, issues = validate_row(cells)
+        record, issues = validate_row(cells, surplus=surplus)
         ref = (cells.get("patient_ref") or "").strip()
         if ref:
             if ref in seen_refs:
@@ -127,16 +127,19 @@ def import_file(path: Path | str) -> ImportResult:
     return result
 
 
-def validate_row(cells: Mapping[str, str | None]) -> tuple[PatientRecord | None, list[RowIssue]]:
-    """Validate one row of cells; return the record or every issue found in it."""
-    if None in cells:  # csv.DictReader files surplus cells under the key None
-        return None, [
-            RowIssue("(row)", ",".join(cells[None] or ()), "has more cells than the header")
-        ]
+def validate_row(
+    cells: Mapping[str, str | None], *, surplus: Sequence[str] | None = None
+) -> tuple[PatientRecord | None, list[RowIssue]]:
+    """Validate one row of cells; return the record or every issue found in it.
+
+    ``surplus`` are the cells of a CSV row beyond its header (``None``: there were none).
+    """
+    if surplus is not None:
+        return None, [RowIssue("(row)", ",".join(surplus), "has more cells than the header")]
     values = {
-        column: cells[column].strip()
+        column: text.strip()
         for column in CONTRACT_COLUMNS
-        if cells.get(column) is not None and cells[column].strip() != ""
+        if (text := cells.get(column)) is not None and text.strip() != ""
     }
     try:
         return PatientRecord.model_validate(values), []
@@ -187,7 +190,12 @@ def _rule_text(problem: Mapping[str, Any]) -> str:
     return message[0].lower() + message[1:]
 
 
-def _read_csv(path: Path, payload: bytes) -> tuple[list[str], Iterator[dict[str, str | None]]]:
+# One data row: its cells by column (``None``: a cell the row lacks), and the cells beyond the
+# header (CSV only; ``None`` when there are none).
+_Row = tuple[dict[str, str | None], list[str] | None]
+
+
+def _read_csv(path: Path, payload: bytes) -> tuple[list[str], Iterator[_Row]]:
     try:
         text = payload.decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -202,10 +210,18 @@ def _read_csv(path: Path, payload: bytes) -> tuple[list[str], Iterator[dict[str,
     reader = csv.DictReader(io.StringIO(text, newline=""))
     header = [name.strip() for name in reader.fieldnames or []]
     reader.fieldnames = header
-    return header, iter(reader)
+    return header, _csv_rows(reader)
 
 
-def _read_parquet(path: Path) -> tuple[list[str], Iterator[dict[str, str | None]]]:
+def _csv_rows(reader: csv.DictReader[str]) -> Iterator[_Row]:
+    for row in reader:
+        # csv.DictReader files a row's surplus cells, as a list, under the key None (its
+        # restkey) and gives the columns a short row lacks None (its restval).
+        surplus = row.pop(None, None)
+        yield row, surplus if isinstance(surplus, list) else None
+
+
+def _read_parquet(path: Path) -> tuple[list[str], Iterator[_Row]]:
     import pyarrow.parquet as parquet  # imported here: CSV-only clinics never pay for it
 
     try:
@@ -215,7 +231,7 @@ def _read_parquet(path: Path) -> tuple[list[str], Iterator[dict[str, str | None]
     header = [name.strip() for name in table.column_names]
     columns = {name: table.column(index).to_pylist() for index, name in enumerate(header)}
     rows = (
-        {name: _cell_text(values[index]) for name, values in columns.items()}
+        ({name: _cell_text(values[index]) for name, values in columns.items()}, None)
         for index in range(table.num_rows)
     )
     return header, rows

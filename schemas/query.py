@@ -118,7 +118,14 @@ def column_bounds(column: str) -> tuple[float, float]:
     field = PatientRecord.model_fields[column]
     low = next(m.ge for m in field.metadata if isinstance(m, Ge))
     high = next(m.le for m in field.metadata if isinstance(m, Le))
-    return float(low), float(high)
+    return _bound(column, low), _bound(column, high)
+
+
+def _bound(column: str, bound: object) -> float:
+    """A ``ge``/``le`` bound of the contract (annotated-types types it as merely comparable)."""
+    if not isinstance(bound, int | float):
+        raise TypeError(f"the contract's bound {bound!r} of {column} is not a number")
+    return float(bound)
 
 
 def _enum_of(column: str) -> type[StrEnum]:

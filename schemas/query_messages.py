@@ -13,6 +13,7 @@ from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
 from oralfed.schemas import protocol
 from oralfed.schemas.query import QuerySpec
+from oralfed.schemas.records import record_floats, record_value
 
 __all__ = ["ClinicAnswer", "ClinicRefusal", "query_content"]
 
@@ -59,14 +60,14 @@ class ClinicAnswer:
         clinic = content[protocol.REPLY_CLINIC]
         return cls(
             clinic_id=str(clinic[protocol.CLINIC_ID]),
-            counts=[float(v) for v in metrics[protocol.QUERY_NOISY_COUNTS]],
-            count_noise_sd=float(metrics[protocol.QUERY_COUNT_NOISE_SD]),
-            statistic=[float(v) for v in metrics[protocol.QUERY_NOISY_STATISTIC]],
-            statistic_noise_sd=float(metrics[protocol.QUERY_STATISTIC_NOISE_SD]),
-            noise_multiplier=float(metrics[protocol.NOISE_MULTIPLIER]),
-            epsilon_spent=float(metrics[protocol.EPSILON_SPENT]),
-            epsilon_cap=float(metrics[protocol.EPSILON_CAP]),
-            delta=float(metrics[protocol.DELTA]),
+            counts=record_floats(metrics, protocol.QUERY_NOISY_COUNTS),
+            count_noise_sd=record_value(metrics, protocol.QUERY_COUNT_NOISE_SD, float),
+            statistic=record_floats(metrics, protocol.QUERY_NOISY_STATISTIC),
+            statistic_noise_sd=record_value(metrics, protocol.QUERY_STATISTIC_NOISE_SD, float),
+            noise_multiplier=record_value(metrics, protocol.NOISE_MULTIPLIER, float),
+            epsilon_spent=record_value(metrics, protocol.EPSILON_SPENT, float),
+            epsilon_cap=record_value(metrics, protocol.EPSILON_CAP, float),
+            delta=record_value(metrics, protocol.DELTA, float),
             accountant=str(clinic[protocol.ACCOUNTANT]),
         )
 

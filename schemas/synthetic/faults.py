@@ -110,8 +110,8 @@ def _apply_fault(
         row[_pick(rng, _EMPTY_REQUIRED)] = ""
     elif kind == "future_visit_date":
         # A century typo (2126 for 2026): in the future for any importer run this century.
-        year = REFERENCE_DATE.year + 100 + int(rng.integers(4))
-        row["last_visit_date"] = date(year, int(rng.integers(1, 13)), 15).isoformat()
+        future_year = REFERENCE_DATE.year + 100 + int(rng.integers(4))
+        row["last_visit_date"] = date(future_year, int(rng.integers(1, 13)), 15).isoformat()
     elif kind == "bad_date_format":
         written = row["last_visit_date"] or (REFERENCE_DATE - timedelta(days=100)).isoformat()
         year, month, day = written.split("-")

@@ -43,7 +43,7 @@ def sample_outcomes(
     cohort: Cohort, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Untreated caries, DMFT and periodontitis stage (-1 = not examined)."""
-    n = cohort.age.shape[0]
+    n = len(cohort.age)
     logit = cohort.caries_logit()
     caries = rng.random(n) < sigmoid(logit)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from oralfed.privacy.events import GaussianEvent
+from oralfed.privacy.events import DiscreteGaussianEvent
 from oralfed.privacy.ledger import PrivacyLedger
 from oralfed.server.coordinator_db import CoordinatorStore
 
@@ -62,7 +62,7 @@ def test_a_query_runs_through_the_simulated_federation(tmp_path: Path) -> None:
     for name in ("clinic-01", "clinic-02", "clinic-03"):
         with PrivacyLedger.in_state_dir(out / "state" / name) as ledger:
             [charge] = ledger.history(name)
-        assert isinstance(charge.event, GaussianEvent) and charge.event.count == 2
+        assert isinstance(charge.event, DiscreteGaussianEvent) and charge.event.count == 2
     store = CoordinatorStore(f"sqlite:///{out / 'coordinator.db'}")
     [row] = store.queries()
     store.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 import typer
@@ -39,6 +39,8 @@ valid_settings = st.builds(
     rounds=st.integers(1, 50),
     strategy=st.sampled_from(StrategyName),
     proximal_mu=st.floats(0, 1),
+    eval_epsilon=st.floats(0.01, 1),
+    eval_every=st.integers(0, 5),
     local_epochs=st.integers(1, 5),
     batch_size=st.integers(1, 512),
     learning_rate=st.floats(1e-4, 1),
@@ -95,7 +97,11 @@ def test_every_cli_flag_sets_its_setting() -> None:
 
     @app.command()
     @run_setting_options()
-    def command(settings: SettingValues) -> None:
+    def command(
+        settings: SettingValues,
+        as_json: Annotated[bool, typer.Option("--json")] = False,  # the command's own option
+    ) -> None:
+        assert as_json
         received.append(settings.build())
 
     arguments = {
@@ -107,6 +113,8 @@ def test_every_cli_flag_sets_its_setting() -> None:
         "--learning-rate": "0.05",
         "--clip-norm": "2.0",
         "--noise-multiplier": "1.1",
+        "--eval-epsilon": "0.2",
+        "--eval-every": "2",
         "--seed": "11",
         "--min-clinics": "3",
         "--round-timeout": "60",
@@ -117,7 +125,8 @@ def test_every_cli_flag_sets_its_setting() -> None:
     }
     # every flagged setting is covered (a target ε is the alternative to a fixed σ, above)
     assert {*arguments, "--target-epsilon"} == set(flag_names().values())
-    result = CliRunner().invoke(app, [part for pair in arguments.items() for part in pair])
+    flags = [part for pair in arguments.items() for part in pair]
+    result = CliRunner().invoke(app, [*flags, "--json"])
     assert result.exit_code == 0, result.output
     assert received == [
         FederationSettings(
@@ -130,6 +139,8 @@ def test_every_cli_flag_sets_its_setting() -> None:
             clip_norm=2.0,
             target_epsilon=None,
             noise_multiplier=1.1,
+            eval_epsilon=0.2,
+            eval_every=2,
             seed=11,
             min_clinics=3,
             round_timeout=60.0,
