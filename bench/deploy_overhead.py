@@ -12,7 +12,7 @@ authentication, the same number of nodes and rounds:
 * ``oralfed-flower-poll``: this project's ServerApp and ClientApp (DP-SGD, ledger charge,
   evaluation) with Flower's default executor poll (``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``
   = 1 s).
-* ``oralfed``: the same as shipped: that poll at 0.2 s (server/superlink.py; the only poll
+* ``oralfed``: the same as shipped: that poll at 0.2 s (deploy/processes.py; the only poll
   interval Flower 1.42 lets one configure: the SuperNode's and the ServerApp's 3 s loops are
   fixed in its code).
 
@@ -219,7 +219,7 @@ def _one_clinic_round(path: Path, settings: FederationSettings, cache: Calibrati
     started = time.perf_counter()
     data = load_clinic_data(path.stem, path)
     plan = plan_dp_round(
-        n_train=data.n_train,
+        public_size=data.n_train,
         batch_size=settings.batch_size,
         local_epochs=settings.local_epochs,
         learning_rate=settings.learning_rate,
@@ -306,7 +306,7 @@ FINDINGS = [
     "  `--isolation process` only changes who starts that per-message process.",
     "* The SuperNode's and the ServerApp's 3 s poll loops are fixed in Flower's code. The",
     "  executors' poll (`FLWR_SUPEREXEC_TASK_POLL_INTERVAL`, default 1 s) is the one knob;",
-    "  OralFed sets it to 0.2 s (server/superlink.py); with `--modes` including",
+    "  OralFed sets it to 0.2 s (deploy/processes.py); with `--modes` including",
     "  `oralfed-flower-poll` (Flower's 1 s) it made no difference beyond noise (3 nodes:",
     "  28.8 s at 1 s, 28.2 s at 0.2 s).",
     "* OralFed pays more than bare Flower per message because each fresh process imports",

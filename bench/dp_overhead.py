@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.benchmarks_doc import machine_description, replace_section  # noqa: E402
 from oralfed.client.dp_engines import get_dp_engine  # noqa: E402
-from oralfed.client.dp_fast import expected_batch_size, poisson_batches  # noqa: E402
+from oralfed.client.secure_random import DpRandom  # noqa: E402
 from oralfed.client.training import DpRoundPlan, plan_dp_round  # noqa: E402
 from oralfed.schemas.features import Task, encode_features, encode_labels, has_label  # noqa: E402
 from oralfed.schemas.importer import validate_row  # noqa: E402
@@ -132,9 +132,9 @@ def opacus_ghost(model: nn.Module, x: np.ndarray, y: np.ndarray, plan: DpRoundPl
 
 def func_vmap(model: nn.Module, x: np.ndarray, y: np.ndarray, plan: DpRoundPlan) -> None:
     features, labels = torch.from_numpy(x), torch.from_numpy(y)
-    generator = torch.Generator().manual_seed(0)
+    rng = DpRandom.from_seed(0)
     parameters = dict(model.named_parameters())
-    divisor = expected_batch_size(len(labels), plan.sample_rate)
+    divisor = plan.expected_batch_size
 
     def sample_loss(
         params: dict[str, torch.Tensor], row: torch.Tensor, label: torch.Tensor
@@ -144,7 +144,7 @@ def func_vmap(model: nn.Module, x: np.ndarray, y: np.ndarray, plan: DpRoundPlan)
 
     per_sample_grads = torch.func.vmap(torch.func.grad(sample_loss), in_dims=(None, 0, 0))
     optimizer = _sgd(model)
-    for batch in poisson_batches(len(labels), plan.sample_rate, plan.steps, generator):
+    for batch in rng.poisson_batches(len(labels), plan.sample_rate, plan.steps):
         detached = {name: p.detach() for name, p in parameters.items()}
         grads = per_sample_grads(detached, features[batch], labels[batch])
         norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads.values()], 1).norm(dim=1)
@@ -202,7 +202,7 @@ def run(n_rows: int, repetitions: int) -> dict[str, Any]:
             name,
             batch,
             plan_dp_round(
-                n_train=len(y),
+                public_size=len(y),
                 batch_size=batch,
                 local_epochs=1,
                 learning_rate=LEARNING_RATE,

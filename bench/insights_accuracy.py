@@ -67,7 +67,7 @@ def accuracy(clinics: int, repeats: int, seed: int) -> list[dict[str, Any]]:
             errors = np.zeros((repeats, spec.n_cells))
             half_widths = np.zeros((repeats, spec.n_cells))
             for repeat in range(repeats):
-                answers = [_answer(i, c, spec, calibration, rng) for i, c in enumerate(records)]
+                answers = [_answer(i, c, spec, calibration) for i, c in enumerate(records)]
                 for index, cell in enumerate(combine(spec, answers, SuppressionPolicy(), rng)):
                     exact = flags[cells == index].mean()
                     if cell.value is None:
@@ -97,8 +97,8 @@ def accuracy(clinics: int, repeats: int, seed: int) -> list[dict[str, Any]]:
     return rows
 
 
-def _answer(index: int, records: list, spec: Any, calibration: Any, rng: Any) -> ClinicAnswer:
-    release = local_release(records, spec, calibration, rng)
+def _answer(index: int, records: list, spec: Any, calibration: Any) -> ClinicAnswer:
+    release = local_release(records, spec, calibration)
     return ClinicAnswer(
         f"clinic-{index}",
         release.parts["count"].values.tolist(),

@@ -6,10 +6,12 @@ Each command parses its options, calls one library function and renders the resu
 :func:`~oralfed.privacy.budget_views.budget_view` and
 :func:`~oralfed.client.empirical_audit_run.audit_clinic_training`.
 
-Exit codes: 0 verified / done; 1 the log failed verification, or the empirical audit
-measured more leakage than the accountant charges (the output says which entry and why);
-otherwise the refusal's own code (``oralfed.schemas.errors.ExitCode``): 2 a bad option,
-3 unusable clinic data, 6 an unreadable ledger, 7 an unreadable log or key.
+Exit codes: 0 verified / done; 1 the log failed verification or a clinic's ledger does not
+match it (``verify``, and ``budget``, which runs the same check before its figures can be
+trusted), or the empirical audit measured more leakage than the accountant charges (the
+output says which entry and why); otherwise the refusal's own code
+(``oralfed.schemas.errors.ExitCode``): 2 a bad option, 3 unusable clinic data, 6 an
+unreadable ledger, 7 an unreadable log or key.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import typer
 from rich.table import Table
 
 from oralfed.cli.output import UserError, console, error_console, print_json
+from oralfed.client.empirical_audit_run import DEFAULT_CANARIES, DEFAULT_INCLUDED_GUESSES
 from oralfed.privacy.accountants import ACCOUNTANTS, DEFAULT_ACCOUNTANT
 from oralfed.privacy.audit_targets import (
     EMBEDDED_KEY,
@@ -93,7 +96,8 @@ def verify(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Check every entry's hash, signature and chain link; exit 1 naming each failure."""
+    """Check every entry's hash, signature and chain link, and a clinic's ledger rows
+    against the log; exit 1 naming each failure. Nothing checked is written to."""
     with _in_flag_terms():
         report = verify_target(
             state_dir=state_dir,
@@ -120,19 +124,15 @@ def _render_verification(report: VerificationReport) -> None:
     console.print(f"audit log: {report.source}", highlight=False)
     console.print(f"checked with: {key_note} (key {result.signer[:16]}…)", highlight=False)
     if not result.ok:
-        error_console.print(
-            f"[bold red]NOT VERIFIED[/]: {len(result.failures)} problem(s) in "
-            f"{result.entries} entries",
-            highlight=False,
-        )
-        for failure in result.failures:
-            error_console.print(f"  - {failure}", highlight=False, soft_wrap=True)
+        _render_failures(report)
         return
     if result.entries == 0:
         console.print("[yellow]the log is empty[/]: nothing to verify")
     console.print(
-        f"[bold green]VERIFIED[/]: {result.entries} entries, every hash, signature and link intact",
+        f"[bold green]VERIFIED[/]: {result.entries} entries, every hash, signature and link intact"
+        + ("; the ledger's rows match them" if report.ledger_checked else ""),
         highlight=False,
+        soft_wrap=True,
     )
     console.print(
         f"head: entry {result.head_seq}, hash {result.head_hash}\n"
@@ -141,6 +141,19 @@ def _render_verification(report: VerificationReport) -> None:
         highlight=False,
         soft_wrap=True,
     )
+
+
+def _render_failures(report: VerificationReport) -> None:
+    result = report.result
+    error_console.print(
+        f"[bold red]NOT VERIFIED[/]: {len(result.failures)} problem(s) in "
+        f"{result.entries} entries"
+        + (" and the ledger's rows beside them" if report.ledger_checked else ""),
+        highlight=False,
+        soft_wrap=True,
+    )
+    for failure in result.failures:
+        error_console.print(f"  - {failure}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -182,20 +195,60 @@ def budget(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """ε spent and remaining per data set, recomputed from the ledger's whole history."""
+    """ε spent and remaining per data set, recomputed from the ledger's whole history.
+
+    A clinic's ledger is first checked against its signed audit log, as ``verify`` checks
+    it: figures of a ledger that does not match are shown under the failures, no chart is
+    drawn from them, and the command exits 1.
+    """
     if plot is not None and plot.suffix.lower() != ".png":
         raise UserError(f"--plot must name a .png file, got {plot}")
     view = budget_view(state_dir, dataset=dataset, by_round=by_round, chart=plot)
     if isinstance(view, FederationBudgets):
         _render_federation_budgets(view, as_json=as_json)
         return
+    verification = view.verification
     if as_json:
-        print_json([report.to_dict() for report in view.reports])
+        print_json(
+            {
+                "verification": verification.to_dict(),
+                "datasets": [report.to_dict() for report in view.reports],
+            }
+        )
+    else:
+        _render_budget_verification(verification)
+        for report in view.reports:
+            _render_budget(report, by_round=by_round)
+        if view.chart is not None:
+            console.print(f"wrote {view.chart}", highlight=False)
+        elif plot is not None:
+            error_console.print(
+                f"{plot} not written: the ledger does not match its audit log",
+                highlight=False,
+                soft_wrap=True,
+            )
+    if not verification.ok:
+        raise typer.Exit(ExitCode.VERIFICATION_FAILED)
+
+
+def _render_budget_verification(report: VerificationReport) -> None:
+    """Say first whether the ledger's figures can be trusted: they are what its rows give,
+    which is what the signed log supports only if the two match."""
+    if report.ok:
+        console.print(
+            f"checked against the signed audit log ({report.result.entries} entries, head "
+            f"{report.result.head_hash[:16]}…): the log verifies and the ledger's rows match it",
+            highlight=False,
+            soft_wrap=True,
+        )
         return
-    for report in view.reports:
-        _render_budget(report, by_round=by_round)
-    if view.chart is not None:
-        console.print(f"wrote {view.chart}", highlight=False)
+    _render_failures(report)
+    error_console.print(
+        "[bold red]the figures below are what the ledger's rows give, not what its signed "
+        "log supports[/]",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def _render_federation_budgets(view: FederationBudgets, *, as_json: bool) -> None:
@@ -271,10 +324,12 @@ def empirical(
         typer.Option(help="The clinic's export to audit on (default: a synthetic clinic)."),
     ] = None,
     task: Annotated[Task, typer.Option(help="Outcome to learn.")] = PLATFORM.task,
-    canaries: Annotated[int, typer.Option(help="Canary records m, each included w.p. ½.")] = 500,
+    canaries: Annotated[
+        int, typer.Option(help="Canaries m of each kind (loss, gradient), each included w.p. ½.")
+    ] = DEFAULT_CANARIES,
     guesses: Annotated[
-        int, typer.Option(help="k: guess 'included' for the top k and 'excluded' for the bottom k.")
-    ] = 25,
+        int, typer.Option(help="k: guess 'included' for the k highest scores of each kind.")
+    ] = DEFAULT_INCLUDED_GUESSES,
     target_epsilon: Annotated[
         float | None,
         typer.Option(help="ε of the audited training (calibrates σ, as a clinic does)."),
@@ -305,7 +360,7 @@ def empirical(
             data,
             task=task,
             canaries=canaries,
-            guesses_per_side=guesses,
+            included_guesses=guesses,
             target_epsilon=target_epsilon,
             noise_multiplier=noise_multiplier,
             batch_size=batch_size,
@@ -322,7 +377,7 @@ def empirical(
         print_json(result.to_dict())
     else:
         _render_empirical(result)
-    if not result.consistent:
+    if result.verdict == "violation":
         raise typer.Exit(ExitCode.VERIFICATION_FAILED)
 
 
@@ -337,7 +392,12 @@ def _render_empirical(result: EmpiricalAuditResult) -> None:
         ("δ", f"{result.delta:g}"),
         ("black-box (loss) correct", f"{result.correct_black_box}/{result.guesses}"),
         ("white-box (gradient) correct", f"{result.correct_white_box}/{result.guesses}"),
-        ("canaries included", f"{result.canaries_included}/{result.canaries}"),
+        ("most ε provable", f"{result.max_provable_epsilon:.3f} (every guess right)"),
+        (
+            "canaries included",
+            f"loss {result.included_black_box}/{result.canaries}, "
+            f"gradient {result.included_white_box}/{result.canaries}",
+        ),
         (
             "training",
             f"σ={result.noise_multiplier:.4g} q={result.sample_rate:.4g} "
@@ -346,10 +406,17 @@ def _render_empirical(result: EmpiricalAuditResult) -> None:
     ):
         table.add_row(label, value)
     console.print(table)
-    if result.consistent:
-        console.print("[green]consistent[/]: the measured lower bound is below the accounted ε")
-    else:
+    if result.verdict == "violation":
         error_console.print(
-            "[bold red]INCONSISTENT[/]: the measured lower bound exceeds the accounted ε; "
+            "[bold red]VIOLATION[/]: the measured lower bound exceeds the accounted ε; "
             "the training leaks more than the accountant charges for"
+        )
+    elif result.verdict == "consistent":
+        console.print(
+            "[green]consistent[/]: the audit could have exceeded the accounted ε and did not"
+        )
+    else:
+        console.print(
+            "[yellow]inconclusive[/]: even all guesses right could not exceed the accounted ε; "
+            "use more --canaries and --guesses"
         )

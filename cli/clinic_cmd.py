@@ -14,8 +14,10 @@ from oralfed.deploy.supernode import (
     DEFAULT_NODE_PORT,
     SuperNodeOptions,
     check_clinic_data,
+    read_policy,
     start_supernode,
 )
+from oralfed.schemas.clinic_policy import ClinicPolicy
 from oralfed.schemas.node_config import DEFAULT_EPSILON_CAP
 
 app = typer.Typer(help="Run a clinic node.", no_args_is_help=True)
@@ -38,6 +40,22 @@ def start(
     epsilon_cap: Annotated[
         float, typer.Option(help="Lifetime ε cap of a new ledger.")
     ] = DEFAULT_EPSILON_CAP,
+    public_size: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="A training-set size this clinic declares public (else a DP estimate is "
+            "charged once per file).",
+        ),
+    ] = None,
+    policy: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSON file of policy keys bounding what a run may ask (accept-tasks, "
+            "accept-max-layers, accept-max-width, max-epsilon-per-run, min-noise-multiplier, "
+            "max-rounds-per-run, max-eval-epsilon); default: docs/privacy.md's defaults."
+        ),
+    ] = None,
 ) -> None:
     """Validate DATA against the contract, then connect to the coordinator over TLS with
     the kit's key. Refuses to start on a file that fails the contract."""
@@ -46,7 +64,16 @@ def start(
     if not epsilon_cap > 0:
         raise UserError(f"--epsilon-cap must be positive, got {epsilon_cap}")
     clinic_kit = ClinicKit.load(kit)
-    options = SuperNodeOptions(kit, data, state_dir, superlink, port, epsilon_cap)
+    options = SuperNodeOptions(
+        kit,
+        data,
+        state_dir,
+        superlink,
+        port,
+        epsilon_cap,
+        public_size,
+        read_policy(policy) if policy else ClinicPolicy(),
+    )
     node = options.clinic_node(clinic_kit)
     checked = check_clinic_data(node)
     console.print(

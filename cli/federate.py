@@ -48,8 +48,19 @@ def federate(
         ),
     ] = None,
     baselines: Annotated[
-        bool, typer.Option(help="Train the central-pool and local-only baselines for the report.")
-    ] = True,
+        bool | None,
+        typer.Option(
+            help="Train the non-private central-pool and local-only baselines (default: for "
+            "synthetic clinics only; with --data they are kept out of report.json)."
+        ),
+    ] = None,
+    declare_sizes: Annotated[
+        bool,
+        typer.Option(
+            help="Each clinic declares its training-set size public (no DP size estimate is "
+            "spent; the size is then a public value in reports)."
+        ),
+    ] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print report.json instead of tables.")
     ] = False,
@@ -59,6 +70,7 @@ def federate(
         settings=settings.build(out_dir=new_run_folder(out)),
         source=ClinicSource(clinics, data, state_dir, epsilon_cap=epsilon_cap),
         baselines=baselines,
+        declare_sizes=declare_sizes,
     )
     out_dir = run.settings.out_dir
     try:
@@ -111,8 +123,8 @@ def _round_progress(total: int) -> Iterator[EventCallback]:
             )
             progress.console.print(
                 f"round {summary['round']}: {len(summary['trained'])} clinic(s) trained, "
-                f"refused/failed: {refused}, train loss {_fmt(summary.get('train_loss'))}, "
-                f"federated eval AUC {_fmt(summary.get('eval_auc'))}"
+                f"refused/failed: {refused}"
+                + _evaluation_text(summary.get("evaluation"))
             )
 
         yield on_event
@@ -163,6 +175,16 @@ def render_report(report: dict[str, Any]) -> None:
             row.get("accountant") or "-",
         )
     console.print(clinics)
+    final = (report.get("evaluation") or {}).get("final")
+    if final:
+        console.print(
+            "Federated evaluation (DP, at the clinics, "
+            f"ε {report['evaluation']['epsilon_per_evaluation']:g} each)"
+            + _evaluation_text(final).replace(", federated DP eval", ":")
+            + f", accuracy {_fmt(final.get('accuracy'))}"
+        )
+    if isinstance(report.get("baselines"), str):
+        console.print(f"[yellow]Baselines:[/] {report['baselines']}")
     if report.get("dp_engine"):
         console.print(f"Trained with the {report['dp_engine']} DP-SGD engine")
     for row in report["clinics"]:
@@ -171,6 +193,14 @@ def render_report(report: dict[str, Any]) -> None:
                 f"[yellow]round {refusal['round']}: {row['clinic']} {refusal['status']}[/]: "
                 f"{refusal['reason']}"
             )
+
+
+def _evaluation_text(evaluation: dict[str, Any] | None) -> str:
+    """The round's DP evaluation estimate with its interval ("" in rounds without one)."""
+    if not evaluation or evaluation.get("auc") is None:
+        return ""
+    low, high = evaluation.get("auc_95") or (None, None)
+    return f", federated DP eval AUC {_fmt(evaluation['auc'])} (95% {_fmt(low)}-{_fmt(high)})"
 
 
 def _fmt(value: float | None) -> str:

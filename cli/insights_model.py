@@ -3,6 +3,8 @@
 The computing is :mod:`oralfed.server.model_insights`, shared with the HTTP API; these
 commands load the model, call it and render. A profile is refused with the contract column
 it breaks (``age_years: …``), the word the API uses too; each option's help names its column.
+Effects are averaged over synthetic patients, or over a file only with
+``--reference-is-public`` (a private file would give away its patients' predicted risks).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from oralfed.cli.output import UserError, console, print_json
 from oralfed.schemas.contract import FluoridatedWater, Sex, SmokingStatus
 from oralfed.schemas.model import load_model
 from oralfed.server.model_insights import (
+    DEFAULT_REFERENCE_SEED,
+    PrivateReferenceError,
     habit_effects,
     plot_effects,
     predict_risk,
@@ -24,9 +28,29 @@ from oralfed.server.model_insights import (
     reference_population,
 )
 
-__all__ = ["effects", "risk"]
+__all__ = ["ReferenceIsPublicOption", "ReferenceOption", "effects", "private_reference", "risk"]
 
 ModelOption = Annotated[Path, typer.Option(help="A global model file (global_model.pt).")]
+ReferenceOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Contract file of reference patients; only with --reference-is-public "
+        "(default: synthetic patients)."
+    ),
+]
+ReferenceIsPublicOption = Annotated[
+    bool,
+    typer.Option(
+        "--reference-is-public",
+        help="Declare the --reference file public data (never a clinic's own patients); "
+        "answers record the declaration.",
+    ),
+]
+
+
+def private_reference(error: PrivateReferenceError) -> UserError:
+    """The library's refusal in the command line's words: which flag declares a file."""
+    return UserError(f"--reference {error} Declare it with --reference-is-public.")
 
 
 def risk(
@@ -87,27 +111,31 @@ def risk(
 
 def effects(
     model: ModelOption,
-    reference: Annotated[
-        Path | None,
-        typer.Option(help="Contract file of reference patients (default: synthetic ones)."),
-    ] = None,
+    reference: ReferenceOption = None,
+    reference_is_public: ReferenceIsPublicOption = False,
     plot: Annotated[Path | None, typer.Option(help="Write a PNG chart here.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the synthetic reference.")] = 7,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the synthetic reference.")
+    ] = DEFAULT_REFERENCE_SEED,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Average change in predicted risk for each habit change, over a reference population."""
+    """Average change in predicted risk for each habit change, over a synthetic or public
+    reference population."""
     if plot is not None and plot.suffix.lower() != ".png":
         raise UserError(f"--plot {plot}: the chart is a PNG; give a file name ending in .png")
+    try:
+        population = reference_population(reference, declared_public=reference_is_public, seed=seed)
+    except PrivateReferenceError as error:
+        raise private_reference(error) from None
     loaded, task, _ = load_model(model)
-    population = reference_population(reference, seed)
-    results = habit_effects(loaded, population)
+    results = habit_effects(loaded, population.records)
     if plot is not None:
         plot_effects(results, task, plot)
     if as_json:
         print_json(
             {
                 "task": task.value,
-                "reference_patients": len(population),
+                "reference": population.describe(),
                 "effects": [e.to_dict() for e in results],
                 "plot": str(plot) if plot else None,
             }
@@ -115,7 +143,7 @@ def effects(
         return
     table = Table(
         title=f"Effect on predicted {task.value.replace('_', ' ')} risk, averaged over "
-        f"{len(population)} reference patients"
+        f"{population.label()}"
     )
     for name in ("habit change", "risk before", "risk after", "difference", "SE"):
         table.add_column(name, justify="right" if name != "habit change" else "left")

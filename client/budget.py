@@ -7,25 +7,52 @@ the same way, so δ and the cap cannot differ between a training round and a sta
 from __future__ import annotations
 
 from oralfed.client.data import ClinicData
-from oralfed.privacy.audit_log import DATA_IMPORTED
-from oralfed.privacy.calibration import default_delta
+from oralfed.privacy.accountants import get_accountant
+from oralfed.privacy.audit_log import DATA_IMPORTED, POLICY_IN_FORCE
+from oralfed.privacy.calibration import UNKNOWN_SIZE_DELTA, default_delta
+from oralfed.privacy.events import PrivacyEvent
 from oralfed.privacy.ledger import Budget, PrivacyLedger
-from oralfed.schemas.importer import ImportResult
 from oralfed.schemas.node_config import ClinicNode
 
-__all__ = ["audit_import", "open_budget"]
+__all__ = ["audit_import", "open_budget", "record_policy", "run_epsilon"]
 
 
-def open_budget(ledger: PrivacyLedger, node: ClinicNode, data: ClinicData | ImportResult) -> Budget:
-    """Register the data set on first use; afterwards keep its δ unless the clinic sets one."""
+def open_budget(ledger: PrivacyLedger, node: ClinicNode) -> Budget:
+    """Register the data set on first use; afterwards keep its δ unless the clinic sets one.
+
+    A default δ comes from public values only: the size the clinic declares public, else
+    :data:`~oralfed.privacy.calibration.UNKNOWN_SIZE_DELTA` (never the file's row count,
+    which would make δ itself a function of the private data).
+    """
     registered = {budget.dataset_id: budget for budget in ledger.datasets()}.get(node.dataset_id)
     if node.delta is not None:
         delta = node.delta
     elif registered is not None:
         delta = registered.delta
+    elif node.public_size is not None:
+        delta = default_delta(node.public_size)
     else:
-        delta = default_delta(data.rows_read)
+        delta = UNKNOWN_SIZE_DELTA
     return ledger.ensure_dataset(node.dataset_id, node.epsilon_cap, delta, node.accountant)
+
+
+def record_policy(ledger: PrivacyLedger, node: ClinicNode) -> None:
+    """Put the policy this ClientApp enforces in the clinic's signed log (once per policy)."""
+    if ledger.audit is not None:
+        ledger.audit.append_once(
+            POLICY_IN_FORCE,
+            {
+                "clinic_id": node.clinic_id,
+                "dataset_id": node.dataset_id,
+                **node.policy.public_dict(),
+            },
+        )
+
+
+def run_epsilon(ledger: PrivacyLedger, budget: Budget, run_id: str, event: PrivacyEvent) -> float:
+    """ε of this run's releases on the data set, with ``event`` added (its own accountant, δ)."""
+    events = [c.event for c in ledger.history(budget.dataset_id) if c.run_id == run_id]
+    return get_accountant(budget.accountant).epsilon([*events, event], budget.delta)
 
 
 def audit_import(ledger: PrivacyLedger, node: ClinicNode, data: ClinicData) -> None:

@@ -76,10 +76,10 @@ def _load_cached(clinic_id: str, path: Path, _size: int, _mtime_ns: int, task: T
     result = import_file(path)
     records = training_records(result, task)
     if not records:
+        # No row counts in the message: a refusal carrying it leaves the clinic.
         raise ClinicDataError(
-            f"{path}: no research-tier rows usable for {task.value} "
-            f"({result.rows_accepted} accepted rows, {result.rows_rejected} rejected); "
-            "only patients with consent_tier=research may be used for training"
+            f"{path}: no research-tier rows usable for {task.value}; only patients with "
+            "consent_tier=research and a label for the task may be used for training"
         )
     test_mask = np.array([is_test_patient(r.patient_ref) for r in records])
     features, labels = encode_features(records), encode_labels(records, task)

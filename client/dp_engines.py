@@ -8,29 +8,39 @@ trained.
 
 * ``fast`` (default): :mod:`client.dp_fast`, ghost norms for ``nn.Linear`` on in-memory
   tensors.
-* ``opacus``: Opacus's own ``make_private`` with its ``DataLoader``, the reference a user can
-  cross-check the fast engine against.
+* ``opacus``: Opacus's own ``make_private`` (per-sample gradients, clipping, noise) with a
+  ``DataLoader``, the reference a user can cross-check the fast engine against.
 
-Randomness: in production the generator behind sampling and noise is seeded with 63 bits
-from the operating system's CSPRNG (:func:`secrets.randbits`), so nobody, not even the
-clinic's operator, can predict or replay the noise. A ``seed`` is accepted for tests and
-benchmarks only; the ClientApp never passes one.
+Randomness: both engines draw their batches and their noise from
+:class:`client.secure_random.DpRandom`, numpy's Philox keyed with 128 bits from the operating
+system's CSPRNG (:func:`secrets.randbits`), so nobody, not even the clinic's operator, can
+predict, replay or search for the noise. A ``torch.Generator`` would not do: its Mersenne
+Twister keeps only the low 32 bits of any seed, few enough for an attacker to try them all,
+subtract the noise and read a patient's gradient. A ``seed`` is accepted for tests and
+benchmarks only (the key is ``seed mod 2**128``); the ClientApp never passes one.
 """
 
 from __future__ import annotations
 
-import secrets
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
-import torch
 from torch import nn
 
 from oralfed.client.dp_fast import train_dp_fast
 from oralfed.client.training import DpRoundPlan, TrainingConfigError, train_dp_opacus
 from oralfed.schemas.settings import DpEngineName
+
+__all__ = [
+    "DP_ENGINES",
+    "DpEngine",
+    "DpTrainingResult",
+    "FastDpEngine",
+    "OpacusDpEngine",
+    "get_dp_engine",
+]
 
 
 @dataclass(frozen=True)
@@ -57,12 +67,13 @@ class DpEngine(ABC):
         seed: int | None = None,
     ) -> DpTrainingResult:
         """Train ``model`` in place. ``seed`` (tests and benchmarks only) makes the batches
-        and the noise reproducible; without it they come from a secret seed.
+        and the noise reproducible (``DpRandom.from_seed``); without it they come from a
+        secret 128-bit key (``DpRandom.secret``).
 
         Raises :class:`RuntimeError` if the engine took another number of noisy steps than
         the plan charged, so an update whose cost is not on the ledger cannot leave.
         """
-        loss, steps = self._run(model, x, y, plan, secrets.randbits(63) if seed is None else seed)
+        loss, steps = self._run(model, x, y, plan, seed)
         if steps != plan.steps:
             raise RuntimeError(
                 f"the {self.name} DP engine took {steps} steps but the ledger was charged for "
@@ -72,7 +83,12 @@ class DpEngine(ABC):
 
     @abstractmethod
     def _run(
-        self, model: nn.Module, x: np.ndarray, y: np.ndarray, plan: DpRoundPlan, seed: int
+        self,
+        model: nn.Module,
+        x: np.ndarray,
+        y: np.ndarray,
+        plan: DpRoundPlan,
+        seed: int | None,
     ) -> tuple[float, int]:
         """Train; return the mean loss per sampled example and the noisy steps taken."""
 
@@ -83,18 +99,28 @@ class FastDpEngine(DpEngine):
     name = DpEngineName.FAST
 
     def _run(
-        self, model: nn.Module, x: np.ndarray, y: np.ndarray, plan: DpRoundPlan, seed: int
+        self,
+        model: nn.Module,
+        x: np.ndarray,
+        y: np.ndarray,
+        plan: DpRoundPlan,
+        seed: int | None,
     ) -> tuple[float, int]:
-        return train_dp_fast(model, x, y, plan, torch.Generator().manual_seed(seed))
+        return train_dp_fast(model, x, y, plan, seed)
 
 
 class OpacusDpEngine(DpEngine):
-    """Opacus's ``make_private`` with its Poisson ``DataLoader``: the reference engine."""
+    """Opacus's ``make_private`` on a ``DataLoader`` of Poisson batches: the reference."""
 
     name = DpEngineName.OPACUS
 
     def _run(
-        self, model: nn.Module, x: np.ndarray, y: np.ndarray, plan: DpRoundPlan, seed: int
+        self,
+        model: nn.Module,
+        x: np.ndarray,
+        y: np.ndarray,
+        plan: DpRoundPlan,
+        seed: int | None,
     ) -> tuple[float, int]:
         return train_dp_opacus(model, x, y, plan, seed)
 

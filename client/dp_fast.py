@@ -16,21 +16,23 @@ The mechanism is exactly Opacus's (see ``opacus.optimizers.DPOptimizer``): Poiss
 with rate ``q`` (every record independently in every step, so batch sizes vary and may be
 zero), clipping of each sample's gradient over *all* parameters together to norm ``C`` with
 factor ``min(1, C / (‖grad_i‖ + 1e-6))``, Gaussian noise of std ``σ·C`` per parameter added
-to the clipped sum, division by the expected batch size ``int(n·q)``. The accountant's
-inputs ``(σ, q, steps)`` are therefore those of :func:`client.training.plan_dp_round`.
+to the clipped sum, division by the plan's expected batch size ``q·N``. The accountant's
+inputs ``(σ, q, steps)`` are therefore those of :func:`client.training.plan_dp_round`. The
+batches and the noise come from :class:`client.secure_random.DpRandom`, as the Opacus
+engine's do: a 128-bit secret key, where torch's generator would keep 32 bits of a seed.
 """
 
 from __future__ import annotations
-
-import math
-from collections.abc import Iterator
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from oralfed.client.secure_random import DpRandom
 from oralfed.client.training import DpRoundPlan, TrainingConfigError, apply_proximal_step
+
+__all__ = ["GhostClipping", "train_dp_fast"]
 
 OPACUS_EPS = 1e-6  # Opacus adds this to every per-sample norm before dividing
 
@@ -77,17 +79,17 @@ class GhostClipping:
         labels: torch.Tensor,
         clip_norm: float,
         noise_std: float,
-        expected_batch_size: int,
-        generator: torch.Generator,
+        expected_batch_size: float,
+        rng: DpRandom,
     ) -> torch.Tensor:
         """Set each parameter's ``.grad`` to ``(Σ_i clip_C(∇loss_i) + N(0, noise_std²)) / E``
         and return the batch's summed loss.
 
         This is Opacus's ``DPOptimizer.pre_step`` (``clip_and_accumulate``, ``add_noise``,
         ``scale_grad``) for the same batch; the noise is drawn parameter by parameter in
-        ``model.parameters()`` order, as Opacus draws it, so one generator state gives both
-        engines the same noise. The division by ``E`` is folded into the noise's std and the
-        clipping factors, which saves two passes over the gradients.
+        ``model.parameters()`` order, as Opacus draws it, so one :class:`DpRandom` state
+        gives both engines the same noise. The division by ``E`` is folded into the noise's
+        std and the clipping factors, which saves two passes over the gradients.
         """
         self._activations.clear()
         logits = self.model(features)
@@ -101,9 +103,7 @@ class GhostClipping:
         output_grads = torch.autograd.grad(loss, [output for _, _, output in layers])
         with torch.no_grad():
             for parameter in self.parameters:
-                if parameter.grad is None:
-                    parameter.grad = torch.empty_like(parameter)
-                parameter.grad.normal_(0.0, noise_std / expected_batch_size, generator=generator)
+                parameter.grad = rng.normal_like(parameter, noise_std / expected_batch_size)
             # ‖∇loss_i‖² = Σ_layers ‖g_i‖² (‖a_i‖² + 1 if the layer has a bias)
             squared_norms: torch.Tensor | None = None
             for (layer, inputs, _), grad in zip(layers, output_grads, strict=True):
@@ -152,77 +152,19 @@ def _refuse_unsupported_parameters(model: nn.Module, linears: list[nn.Linear]) -
                 )
 
 
-STEPS_PER_DRAW = 256  # Poisson batches drawn in one go; bounds the draw's memory
-
-
-def poisson_batches(
-    n: int,
-    sample_rate: float,
-    steps: int,
-    generator: torch.Generator,
-    *,
-    draws_per_step: int | None = None,
-) -> Iterator[torch.Tensor]:
-    """Sorted record indices of ``steps`` Poisson batches: each of ``n`` records is in each
-    batch independently with probability ``sample_rate``, the distribution of Opacus's
-    ``UniformWithReplacementSampler``.
-
-    The gaps between a Bernoulli(q) process's successes are i.i.d. Geometric(q), so a batch
-    costs O(batch) draws instead of one uniform per record (20k uniforms per step took as long
-    as the model's forward pass), and many steps are drawn in one call. ``draws_per_step``
-    (tests only) overrides how many gaps a step draws up front; by default they cover all
-    ``n`` records except with probability ~1e-9, and a step that runs short draws more.
-    """
-    if sample_rate >= 1.0:
-        yield from (torch.arange(n) for _ in range(steps))
-        return
-    mean = n * sample_rate
-    draws = draws_per_step or int(mean + 6.0 * math.sqrt(mean) + 16)
-    for first in range(0, steps, STEPS_PER_DRAW):
-        positions = _gap_sums((min(STEPS_PER_DRAW, steps - first), draws), sample_rate, generator)
-        positions -= 1
-        sizes = (positions < n).sum(dim=1).tolist()
-        for row, size in zip(positions, sizes, strict=True):
-            yield row[:size] if size < draws else _complete(row, n, sample_rate, generator)
-
-
-def _gap_sums(
-    shape: tuple[int, int], sample_rate: float, generator: torch.Generator
-) -> torch.Tensor:
-    gaps = torch.empty(shape, dtype=torch.int64).geometric_(sample_rate, generator=generator)
-    # A uniform draw of exactly 0 would give an infinite gap (probability 2^-53): keep it ≥ 1.
-    return gaps.clamp_(min=1).cumsum_(dim=-1)
-
-
-def _complete(
-    row: torch.Tensor, n: int, sample_rate: float, generator: torch.Generator
-) -> torch.Tensor:
-    """Continue a batch whose drawn gaps ended before the last record."""
-    pieces = [row]
-    while int(pieces[-1][-1]) < n:
-        pieces.append(_gap_sums((len(row),), sample_rate, generator) + pieces[-1][-1])
-    indices = torch.cat(pieces)
-    return indices[indices < n]
-
-
-def expected_batch_size(n: int, sample_rate: float) -> int:
-    """What Opacus's ``make_private`` divides the noisy sum by: ``int(n · q)``."""
-    return max(1, int(n * sample_rate))
-
-
 def train_dp_fast(
     model: nn.Module,
     x: np.ndarray,
     y: np.ndarray,
     plan: DpRoundPlan,
-    generator: torch.Generator,
+    seed: int | None = None,
 ) -> tuple[float, int]:
     """Run ``plan`` (SGD with momentum 0.9, FedProx pull after each private step, as the
     Opacus engine does); return the mean loss per sampled example and the number
-    of noisy steps taken. ``generator`` draws both the batches and the noise."""
+    of noisy steps taken. The batches and the noise come from ``DpRandom.from_seed(seed)``
+    (tests and benchmarks) or, without a seed, from :meth:`DpRandom.secret`."""
+    rng = DpRandom.secret() if seed is None else DpRandom.from_seed(seed)
     features, labels = torch.from_numpy(x), torch.from_numpy(y)
-    n = len(labels)
-    divisor = expected_batch_size(n, plan.sample_rate)
     noise_std = plan.noise_multiplier * plan.clip_norm
     global_weights = [p.detach().clone() for p in model.parameters()]
     optimizer = torch.optim.SGD(
@@ -233,11 +175,16 @@ def train_dp_fast(
     examples, steps = 0, 0
     model.train()
     try:
-        for batch in poisson_batches(n, plan.sample_rate, plan.steps, generator):
+        for batch in rng.poisson_batches(len(labels), plan.sample_rate, plan.steps):
             # An empty batch still takes its noisy step: the accountant counted it.
             losses.append(
                 clipping.private_gradient(
-                    features[batch], labels[batch], plan.clip_norm, noise_std, divisor, generator
+                    features[batch],
+                    labels[batch],
+                    plan.clip_norm,
+                    noise_std,
+                    plan.expected_batch_size,
+                    rng,
                 )
             )
             examples += len(batch)

@@ -8,6 +8,9 @@ loaded or trained: a bad confidence must not surface after minutes of training.
 
 Refused settings are :class:`~oralfed.schemas.settings.SettingsError` naming the setting
 ("delta", "target epsilon"), which a command line shows as its own flags.
+
+The audit's size defaults live here, where a command line can read them without loading
+torch: this module imports the training (and so torch) only when an audit runs.
 """
 
 from __future__ import annotations
@@ -15,17 +18,35 @@ from __future__ import annotations
 import tempfile
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from oralfed.client.data import ClinicData, ClinicDataError, load_clinic_data
-from oralfed.client.empirical_audit import EmpiricalAuditResult, run_empirical_audit
-from oralfed.client.training import DpRoundPlan, TrainingConfigError, plan_dp_round
 from oralfed.privacy.accountants import ACCOUNTANTS, DEFAULT_ACCOUNTANT
 from oralfed.privacy.calibration import default_delta
 from oralfed.schemas.features import Task
 from oralfed.schemas.settings import FederationSettings, SettingsError
 from oralfed.schemas.synthetic import write_federation
 
-__all__ = ["audit_clinic_training"]
+if TYPE_CHECKING:  # torch is imported only when an audit runs
+    from oralfed.client.empirical_audit import EmpiricalAuditResult
+    from oralfed.client.training import DpRoundPlan
+
+__all__ = [
+    "DEFAULT_CANARIES",
+    "DEFAULT_CONFIDENCE",
+    "DEFAULT_INCLUDED_GUESSES",
+    "audit_clinic_training",
+]
+
+# Canaries of each kind. A thousand leave ~430 drawn white-box canaries (Poisson sampling
+# misses one in e^2 at two epochs) to pick the 200 "included" guesses from, so that at a tenth
+# of the planned noise the 200 top scores are still all members.
+DEFAULT_CANARIES = 1000
+# 200 correct "included" guesses prove ε ≥ 3.95 (δ = 1e-5, 97.5 % per score), above the
+# platform's ε = 3: a perfect attack could fail the audit, so passing it means something.
+# 100 would prove at most 3.24; the former 25 per side (r = 50 of 500) at most 2.55.
+DEFAULT_INCLUDED_GUESSES = 200
+DEFAULT_CONFIDENCE = 0.95
 
 # The DP-SGD a federation trains with unless told otherwise: what an audit checks by default.
 _PLATFORM = FederationSettings()
@@ -35,8 +56,9 @@ def audit_clinic_training(
     data: Path | None = None,
     *,
     task: Task = _PLATFORM.task,
-    canaries: int = 500,
-    guesses_per_side: int = 25,
+    canaries: int = DEFAULT_CANARIES,
+    included_guesses: int = DEFAULT_INCLUDED_GUESSES,
+    excluded_guesses: int = 0,  # none: see client.empirical_audit for why
     target_epsilon: float | None = None,
     noise_multiplier: float | None = None,
     batch_size: int = _PLATFORM.batch_size,
@@ -46,26 +68,32 @@ def audit_clinic_training(
     delta: float | None = None,
     accountant: str = DEFAULT_ACCOUNTANT,
     engine: str = _PLATFORM.dp_engine,
-    confidence: float = 0.95,
+    confidence: float = DEFAULT_CONFIDENCE,
     seed: int = 0,
 ) -> EmpiricalAuditResult:
     """Audit one training run on ``data`` (default: a synthetic clinic seeded by ``seed``).
 
     The noise is calibrated to ``target_epsilon`` as a clinic calibrates it (the platform's
-    target when neither it nor a fixed ``noise_multiplier`` is given); δ defaults to the
-    clinic default for the data's size. A missing data file is a
-    :class:`~oralfed.client.data.ClinicDataError`; settings no training can run with are
-    :class:`~oralfed.client.training.TrainingConfigError`.
+    target when neither it nor a fixed ``noise_multiplier`` is given), by ``accountant``;
+    δ defaults to the clinic default for the data's size. The default canaries and guesses
+    (:data:`DEFAULT_CANARIES`, :data:`DEFAULT_INCLUDED_GUESSES`) are sized so that the audit
+    can show a violation of the platform's ε; fewer may leave it "inconclusive".
+
+    A missing data file is a :class:`~oralfed.client.data.ClinicDataError`; settings no
+    training can run with are :class:`~oralfed.client.training.TrainingConfigError`.
     """
     _check_settings(target_epsilon, noise_multiplier, delta, accountant, confidence)
+    from oralfed.client.empirical_audit import run_empirical_audit
+    from oralfed.client.training import TrainingConfigError, plan_dp_round
+
     if target_epsilon is None and noise_multiplier is None:
         target_epsilon = _PLATFORM.target_epsilon
     clinic = _clinic_data(data, task, seed)
     audit_delta = delta if delta is not None else default_delta(clinic.rows_read)
 
-    def plan_for(records: int) -> DpRoundPlan:
+    def plan_for(public_size: int) -> DpRoundPlan:
         plan = plan_dp_round(
-            n_train=records,
+            public_size=public_size,
             batch_size=batch_size,
             local_epochs=local_epochs,
             learning_rate=learning_rate,
@@ -74,6 +102,7 @@ def audit_clinic_training(
             delta=audit_delta,
             target_epsilon=target_epsilon,
             noise_multiplier=noise_multiplier,
+            accountant=accountant,  # calibrated by the accountant that reports ε
         )
         try:  # the charged event refuses a σ below its floor: before training, not after
             plan.event  # noqa: B018
@@ -90,7 +119,8 @@ def audit_clinic_training(
             clinic.y_train,
             plan_for,
             canaries=canaries,
-            guesses_per_side=guesses_per_side,
+            included_guesses=included_guesses,
+            excluded_guesses=excluded_guesses,
             delta=audit_delta,
             seed=seed,
             confidence=confidence,

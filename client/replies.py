@@ -26,15 +26,15 @@ def reply(
     budget: Budget,
     metrics: MetricRecord,
     arrays: ArrayRecord | None = None,
+    public_size_source: str | None = None,
 ) -> Message:
-    content = RecordDict(
-        {
-            protocol.REPLY_METRICS: metrics,
-            protocol.REPLY_CLINIC: ConfigRecord(
-                {protocol.CLINIC_ID: node.clinic_id, protocol.ACCOUNTANT: budget.accountant}
-            ),
-        }
+    """The work's reply: metrics, the clinic's identity and accountant, and the update."""
+    identity = ConfigRecord(
+        {protocol.CLINIC_ID: node.clinic_id, protocol.ACCOUNTANT: budget.accountant}
     )
+    if public_size_source is not None:
+        identity[protocol.PUBLIC_SIZE_SOURCE] = public_size_source
+    content = RecordDict({protocol.REPLY_METRICS: metrics, protocol.REPLY_CLINIC: identity})
     if arrays is not None:
         content[protocol.REPLY_ARRAYS] = arrays
     return Message(content=content, reply_to=msg)

@@ -16,11 +16,13 @@ from fastapi import FastAPI
 from oralfed.deploy.clinic_sources import ClinicSource, clinic_nodes
 from oralfed.deploy.insight_queries import COORDINATOR_DB_FILE, Notify
 from oralfed.deploy.local_clinics import answer_in_process
-from oralfed.schemas.query import DEFAULT_MAX_CELLS
+from oralfed.privacy.accountants import DEFAULT_ACCOUNTANT
+from oralfed.schemas.query import DEFAULT_MAX_CELLS, DEFAULT_QUERY_DELTA
 from oralfed.schemas.state import coordinator_state_dir, state_root
 from oralfed.server.coordinator_db import CoordinatorStore
 from oralfed.server.insights_api import create_app, create_token
 from oralfed.server.insights_api import log as api_log
+from oralfed.server.model_insights import refuse_private_reference
 
 __all__ = [
     "API_LOG_FILE",
@@ -43,11 +45,19 @@ def default_api_folder() -> Path:
     return state_root() / "insights"
 
 
-def create_api_token(name: str, epsilon_cap: float, coordinator_db: Path | None = None) -> str:
-    """A new token for ``name`` with its own ε cap; the secret is returned once, never stored."""
+def create_api_token(
+    name: str,
+    epsilon_cap: float,
+    coordinator_db: Path | None = None,
+    *,
+    delta: float = DEFAULT_QUERY_DELTA,
+    accountant: str = DEFAULT_ACCOUNTANT,
+) -> str:
+    """A new token for ``name`` with its own (ε cap, δ) and accountant; the secret is returned
+    once, never stored."""
     store = CoordinatorStore.sqlite_file(coordinator_db_path(coordinator_db))
     try:
-        return create_token(store, name, epsilon_cap)
+        return create_token(store, name, epsilon_cap, delta=delta, accountant=accountant)
     finally:
         store.close()
 
@@ -59,6 +69,7 @@ def local_insights_api(
     *,
     model: Path | None = None,
     reference: Path | None = None,
+    reference_is_public: bool = False,
     max_cells: int = DEFAULT_MAX_CELLS,
     notify: Notify = lambda _: None,
 ) -> FastAPI:
@@ -66,8 +77,11 @@ def local_insights_api(
 
     Requests are logged to ``<folder>/insights-api.log`` (``folder`` defaults to
     :func:`default_api_folder`); tokens and answers are in ``coordinator_db`` (default
-    :func:`coordinator_db_path`). ``model`` enables ``/v1/risk`` and ``/v1/effects``.
+    :func:`coordinator_db_path`). ``model`` enables ``/v1/risk`` and ``/v1/effects``, whose
+    reference is synthetic unless ``reference`` is a file declared public with
+    ``reference_is_public`` (a private one is refused before any clinic is set up).
     """
+    refuse_private_reference(reference, reference_is_public)
     folder = (folder or default_api_folder()).resolve()
     nodes = clinic_nodes(clinics, folder, notify)
     folder.mkdir(parents=True, exist_ok=True)
@@ -81,6 +95,7 @@ def local_insights_api(
         max_cells=max_cells,
         model_path=model,
         reference=reference,
+        reference_is_public=reference_is_public,
     )
 
 

@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from oralfed.client.data import load_clinic_data, training_records
-from oralfed.deploy.baselines import add_comparison, compare_with_baselines
+from oralfed.client.data import ClinicData, load_clinic_data, training_records
+from oralfed.deploy.baselines import BaselineComparison, add_comparison, compare_with_baselines
 from oralfed.deploy.clinic_sources import ClinicSource, Notify, clinic_nodes
 from oralfed.deploy.errors import RunFolderError
 from oralfed.deploy.simulation import EventCallback, SimulationResult, launch_simulation
@@ -27,12 +27,16 @@ from oralfed.schemas.settings import FederationSettings
 from oralfed.server.app import GLOBAL_MODEL_FILE
 from oralfed.server.report import REPORT_FILE, build_run_report
 
+NON_PRIVATE_BASELINES_FILE = "baselines-non-private.json"
+
 __all__ = [
+    "NON_PRIVATE_BASELINES_FILE",
     "SimulatedRun",
     "SimulatedRunResult",
     "new_run_folder",
     "run_simulated_federation",
 ]
+
 
 @dataclass(frozen=True)
 class SimulatedRun:
@@ -40,7 +44,16 @@ class SimulatedRun:
 
     settings: FederationSettings  # out_dir is the run folder; seed also seeds synthetic clinics
     source: ClinicSource = field(default_factory=ClinicSource)
-    baselines: bool = True
+    # The non-private baselines (central pool, local-only): None trains them for synthetic
+    # clinics only; on real clinic files only when asked, and then kept out of the report.
+    baselines: bool | None = None
+    # Each clinic declares its training-set size public (as its operator may): q, steps and
+    # δ then derive from it and no DP size estimate is spent.
+    declare_sizes: bool = False
+
+    @property
+    def trains_baselines(self) -> bool:
+        return self.source.data is None if self.baselines is None else self.baselines
 
 
 @dataclass(frozen=True)
@@ -56,7 +69,6 @@ def new_run_folder(out: Path | None) -> Path:
     if folder.exists() and any(folder.iterdir()):
         raise RunFolderError(f"run folder {folder} already holds files; choose a new folder")
     return folder.resolve()
-
 
 
 def run_simulated_federation(
@@ -78,8 +90,13 @@ def run_simulated_federation(
     out = settings.out_dir
     nodes = clinic_nodes(replace(run.source, seed=settings.seed), out, notify)
     checked = [_check_clinic_file(node, settings) for node in nodes]  # refuses before writing
+    if run.declare_sizes:
+        nodes = [
+            replace(node, public_size=data.n_train)
+            for node, (_, data) in zip(nodes, checked, strict=True)
+        ]
     out.mkdir(parents=True, exist_ok=True)
-    for result in checked:
+    for result, _ in checked:
         _report_import(result, out, settings, notify)
     if len(nodes) < settings.min_clinics:
         raise RunFolderError(
@@ -94,25 +111,45 @@ def run_simulated_federation(
         rounds=simulation.rounds,
     )
     model_path = out / GLOBAL_MODEL_FILE
-    if simulation.status == "completed" and run.baselines:
+    if simulation.status == "completed" and run.trains_baselines:
         on_baselines()
         model, _, _ = load_model(model_path)
-        add_comparison(
-            report,
-            compare_with_baselines(
-                nodes, model, settings.task, settings.hidden_sizes, settings.seed
-            ),
+        comparison = compare_with_baselines(
+            nodes, model, settings.task, settings.hidden_sizes, settings.seed
         )
+        if run.source.data is None:  # synthetic clinics: nothing private to keep apart
+            add_comparison(report, comparison)
+        else:
+            report["baselines"] = _keep_apart(comparison, report, out)
     report["model_file"] = str(model_path) if model_path.exists() else None
     write_json_atomically(out / REPORT_FILE, report)
     return SimulatedRunResult(report, simulation, out)
 
 
-def _check_clinic_file(node: ClinicNode, settings: FederationSettings) -> ImportResult:
+def _keep_apart(comparison: BaselineComparison, report: dict[str, Any], out: Path) -> str:
+    """Real clinic files: the non-private baselines go to a file of their own, marked so,
+    never into report.json (the report is what gets shared)."""
+    figures: dict[str, Any] = {"clinics": [{"clinic": row["clinic"]} for row in report["clinics"]]}
+    add_comparison(figures, comparison)
+    path = out / NON_PRIVATE_BASELINES_FILE
+    write_json_atomically(
+        path,
+        {
+            "warning": "NON-PRIVATE: trained and scored on the clinics' raw records; do not share",
+            **figures,
+        },
+    )
+    return f"non-private; kept apart in {path} (do not share)"
+
+
+def _check_clinic_file(
+    node: ClinicNode, settings: FederationSettings
+) -> tuple[ImportResult, ClinicData]:
     """Validate a clinic's file up front, so bad input is reported before any round starts."""
     result = import_file(node.data_path)
-    load_clinic_data(node.clinic_id, node.data_path, settings.task)  # refuses unusable clinics
-    return result
+    data = load_clinic_data(node.clinic_id, node.data_path, settings.task)  # refuses unusable
+    return result, data
+
 
 
 def _report_import(

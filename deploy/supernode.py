@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from oralfed.client.data import ClinicData, load_clinic_data
 from oralfed.deploy.kit import ClinicKit
 from oralfed.deploy.processes import flower_environment, venv_executable
+from oralfed.schemas.clinic_policy import ClinicPolicy, PolicyError
 from oralfed.schemas.node_config import DEFAULT_EPSILON_CAP, ClinicNode
 
 DEFAULT_NODE_PORT = 9094
@@ -29,6 +30,8 @@ class SuperNodeOptions:
     superlink: str | None = None  # default: the kit's coordinator address
     port: int = DEFAULT_NODE_PORT  # the node's local runtime port; distinct per node on a host
     epsilon_cap: float = DEFAULT_EPSILON_CAP
+    public_size: int | None = None  # a training-set size the clinic declares public
+    policy: ClinicPolicy = field(default_factory=ClinicPolicy)
 
     def clinic_node(self, kit: ClinicKit) -> ClinicNode:
         return ClinicNode(
@@ -37,7 +40,23 @@ class SuperNodeOptions:
             state_dir=(self.state_dir or Path(kit.state_dir)).resolve(),
             dataset_id=kit.dataset_id,
             epsilon_cap=self.epsilon_cap,
+            public_size=self.public_size,
+            policy=self.policy,
         )
+
+
+def read_policy(path: Path) -> ClinicPolicy:
+    """A clinic policy from a JSON file of node-config keys (``accept-tasks``, …)."""
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise PolicyError(f"{path}: not a readable JSON policy file ({error})") from None
+    if not isinstance(values, dict):
+        raise PolicyError(f"{path}: a policy file holds one JSON object of node-config keys")
+    known = set(ClinicPolicy().to_config())
+    if unknown := sorted(set(values) - known):
+        raise PolicyError(f"{path}: unknown policy keys {', '.join(unknown)}")
+    return ClinicPolicy.from_config(values)
 
 
 def check_clinic_data(node: ClinicNode) -> ClinicData:

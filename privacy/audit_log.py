@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, Final
+from urllib.parse import quote
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Engine, create_engine, inspect, select
+from sqlalchemy import URL, Connection, Engine, create_engine, event, inspect, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -38,6 +40,7 @@ __all__ = [
     "GENESIS_HASH",
     "LEDGER_CHARGE",
     "LEDGER_REFUSED",
+    "POLICY_IN_FORCE",
     "ROUND_COMPLETED",
     "RUN_FINISHED",
     "RUN_STARTED",
@@ -45,9 +48,12 @@ __all__ = [
     "AuditError",
     "AuditLog",
     "canonical_json",
+    "database_log",
     "entry_hash",
     "read_database_log",
     "read_entries",
+    "read_only_engine",
+    "reading_database",
 ]
 
 # The link of the first entry: no real entry hashes to it.
@@ -61,6 +67,7 @@ BUDGET_CHANGED: Final = "budget.changed"
 LEDGER_CHARGE: Final = "ledger.charge"
 LEDGER_REFUSED: Final = "ledger.refused"
 DATA_IMPORTED: Final = "data.imported"
+POLICY_IN_FORCE: Final = "policy.in-force"  # the clinic policy its ClientApp enforces
 RUN_STARTED: Final = "run.started"
 ROUND_COMPLETED: Final = "round.completed"
 RUN_FINISHED: Final = "run.finished"
@@ -86,7 +93,29 @@ class AuditEntry:
     signature: str
 
     def payload_data(self) -> Any:
-        return json.loads(self.payload)
+        """The payload as written; ``ValueError`` if it is not what :func:`canonical_json`
+        can have written: not JSON text, or holding NaN or an infinity (``json.loads``
+        accepts ``NaN``, ``Infinity`` and ``1e999``, which a reader must not mistake for
+        figures)."""
+        if not isinstance(self.payload, str):  # a stored row can hold anything
+            raise ValueError(f"the payload is {type(self.payload).__name__}, not JSON text")
+        try:
+            return json.loads(
+                self.payload, parse_constant=_refuse_constant, parse_float=_finite_float
+            )
+        except RecursionError:
+            raise ValueError("the payload is nested too deeply to be read") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"the payload holds {name}, which is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the payload holds {text}, which is out of a float's range")
+    return value
 
 
 def canonical_json(value: Any) -> str:
@@ -183,9 +212,13 @@ class AuditLog:
             return None if seen is not None else self.append(kind, payload, session=session)
 
 
-def read_entries(engine: Engine) -> list[AuditEntry]:
-    """Every entry in storage order (not ``seq`` order: a moved row must show as moved)."""
-    with Session(engine) as session:
+def read_entries(bind: Engine | Connection) -> list[AuditEntry]:
+    """Every entry in storage order (not ``seq`` order: a moved row must show as moved).
+
+    Values are passed on as stored, unconverted: a column edited to hold the wrong type
+    must reach verification as it is, to be reported there.
+    """
+    with Session(bind) as session:
         rows = session.scalars(select(AuditEntryRow).order_by(AuditEntryRow.id)).all()
         return [_entry_of(row) for row in rows]
 
@@ -193,21 +226,73 @@ def read_entries(engine: Engine) -> list[AuditEntry]:
 def read_database_log(path: Path) -> list[AuditEntry]:
     """The audit entries of a SQLite database file; :class:`AuditError` if it holds none.
 
-    Opened read-only, so checking a log can never alter it (or create an empty database
-    where a path was mistyped).
+    Opened read-only (:func:`reading_database`), so checking a log can never alter it (or
+    create an empty database where a path was mistyped).
+    """
+    with reading_database(path) as connection:
+        return database_log(connection, path)
+
+
+def database_log(connection: Connection, path: Path) -> list[AuditEntry]:
+    """The audit entries read through ``connection`` to ``path``'s database, so that a
+    caller can read them in the same snapshot as other tables; :class:`AuditError` if the
+    database holds no log."""
+    if not inspect(connection).has_table(AuditEntryRow.__tablename__):
+        raise AuditError(f"{path}: this database holds no audit log")
+    return read_entries(connection)
+
+
+@contextmanager
+def reading_database(path: Path) -> Iterator[Connection]:
+    """One read transaction on a SQLite database file that cannot change it in any way.
+
+    Everything read through the connection is one snapshot, so a node charging while it is
+    audited cannot make its log and its ledger look inconsistent. :class:`AuditError`
+    naming the file if it is missing or not a readable database.
     """
     if not path.is_file():
         raise AuditError(f"{path}: no such database file")
-    engine = create_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
+    engine = read_only_engine(path)
     try:
-        if not inspect(engine).has_table(AuditEntryRow.__tablename__):
-            raise AuditError(f"{path}: this database holds no audit log")
-        return read_entries(engine)
+        with engine.connect() as connection, connection.begin():
+            yield connection
     except SQLAlchemyError as error:
         reason = getattr(error, "orig", None) or error
         raise AuditError(f"{path}: not a readable audit database ({reason})") from None
     finally:
         engine.dispose()
+
+
+def read_only_engine(path: Path) -> Engine:
+    """An engine on a SQLite database file that cannot write to it, nor beside it.
+
+    ``mode=ro`` alone is not enough: on a database in WAL mode (as the ledger keeps it)
+    SQLite then creates ``-wal`` and ``-shm`` files next to it and leaves them there. So a
+    database with no journal beside it, which therefore holds every committed transaction
+    in its own file, is opened ``immutable`` (no locks, no side files); one whose node is
+    running, or crashed, has its journal read with ``mode=ro``. Each transaction begins
+    with an explicit ``BEGIN``, so that its reads are one snapshot (pysqlite would
+    otherwise read statement by statement).
+    """
+    journals = (path.with_name(path.name + suffix) for suffix in ("-wal", "-journal"))
+    quiescent = not any(journal.exists() for journal in journals)
+    engine = create_engine(
+        URL.create(
+            "sqlite",
+            database="file:" + quote(str(path)),
+            query={"mode": "ro", "uri": "true", **({"immutable": "1"} if quiescent else {})},
+        )
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN")
+
+    return engine
 
 
 @contextmanager

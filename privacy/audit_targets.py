@@ -5,7 +5,9 @@ A node keeps its signed log in a database in its state dir: a clinic's in its le
 holds an export instead. Either way the same chain check runs
 (:mod:`privacy.audit_verify`), and a clinic's log is also cross-checked against its ledger
 rows (:mod:`privacy.ledger_cross_check`): an intact chain does not prove that nobody
-deleted a charge from the ledger beside it.
+edited the ledger beside it. A database is only ever opened read-only
+(:func:`~privacy.audit_log.reading_database`), its log and ledger rows in one snapshot;
+checking it creates no table, no key and no journal file.
 
 Which key checks the log decides what "verified" means. The key file an auditor received
 from the node proves the node wrote the log; the key embedded in an export only proves the
@@ -15,21 +17,18 @@ always says which key was used.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import URL
-from sqlalchemy.exc import SQLAlchemyError
 
 from oralfed.privacy.audit_export import read_export, write_export
-from oralfed.privacy.audit_log import AuditEntry, AuditError, read_database_log
-from oralfed.privacy.audit_verify import AuditFailure, VerificationResult, verify_entries
+from oralfed.privacy.audit_log import AuditEntry, AuditError, database_log, reading_database
+from oralfed.privacy.audit_verify import VerificationResult, verify_entries
 from oralfed.privacy.keys import PUBLIC_KEY_FILE, load_public_key
 from oralfed.privacy.ledger import PrivacyLedger
-from oralfed.privacy.ledger_cross_check import cross_check_ledger
+from oralfed.privacy.ledger_cross_check import LedgerRows, cross_check_ledger, read_ledger_rows
 from oralfed.schemas.settings import SettingsError
 
 __all__ = [
@@ -63,7 +62,7 @@ class AuditTarget:
     source: Path
     public_key: Ed25519PublicKey
     key_source: str  # the key file, or EMBEDDED_KEY
-    ledger: Path | None = None  # a clinic's ledger database, cross-checked against the log
+    ledger_rows: LedgerRows | None = None  # a clinic's, read in the same snapshot as the log
 
 
 @dataclass(frozen=True)
@@ -74,13 +73,19 @@ class VerificationReport:
     source: Path
     key_source: str
     result: VerificationResult
+    ledger_checked: bool = False  # a clinic's ledger rows were cross-checked against the log
 
     @property
     def ok(self) -> bool:
         return self.result.ok
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": str(self.source), "public_key": self.key_source, **self.result.to_dict()}
+        return {
+            "source": str(self.source),
+            "public_key": self.key_source,
+            "ledger_checked": self.ledger_checked,
+            **self.result.to_dict(),
+        }
 
 
 @dataclass(frozen=True)
@@ -125,15 +130,11 @@ def open_target(
         )
     assert state_dir is not None
     database = log_database(state_dir)
-    entries = read_database_log(database)
+    with reading_database(database) as connection:
+        entries = database_log(connection, database)
+        rows = read_ledger_rows(connection) if database.name == LEDGER_DATABASE else None
     key_path = public_key or state_dir / PUBLIC_KEY_FILE
-    return AuditTarget(
-        tuple(entries),
-        database,
-        load_public_key(key_path),
-        str(key_path),
-        ledger=database if database.name == LEDGER_DATABASE else None,
-    )
+    return AuditTarget(tuple(entries), database, load_public_key(key_path), str(key_path), rows)
 
 
 def verify_target(
@@ -146,14 +147,16 @@ def verify_target(
     """Verify the log :func:`open_target` opens; a clinic's ledger is cross-checked too.
 
     ``expect_head``, a head hash recorded from an earlier verification, must still be in the
-    log: that is what catches entries cut from its end.
+    log: that is what catches entries cut from its end. A ledger table that cannot be read
+    is a failure as well: a verification must not pass because the evidence was unreadable.
     """
     target = open_target(state_dir=state_dir, export_file=export_file, public_key=public_key)
     result = verify_entries(target.entries, target.public_key, expect_head=expect_head)
-    if target.ledger is not None:
-        mismatches = _ledger_mismatches(target.ledger, target.entries)
-        result = replace(result, failures=result.failures + tuple(mismatches))
-    return VerificationReport(target.source, target.key_source, result)
+    if target.ledger_rows is None:
+        return VerificationReport(target.source, target.key_source, result)
+    mismatches = cross_check_ledger(target.entries, target.ledger_rows)
+    result = replace(result, failures=result.failures + tuple(mismatches))
+    return VerificationReport(target.source, target.key_source, result, ledger_checked=True)
 
 
 def export_log(state_dir: Path, out: Path, *, fmt: str = "json") -> ExportReport:
@@ -169,18 +172,6 @@ def export_log(state_dir: Path, out: Path, *, fmt: str = "json") -> ExportReport
 
 
 def read_ledger(path: Path) -> PrivacyLedger:
-    """A clinic's ledger database opened without its signing key: reading it, as reports
-    and audits do, must never append to its audit log."""
-    return PrivacyLedger(URL.create("sqlite", database=str(path)))
-
-
-def _ledger_mismatches(path: Path, entries: Sequence[AuditEntry]) -> list[AuditFailure]:
-    """Where the ledger's rows disagree with its audit log; an unreadable ledger is one
-    failure too (a verification must not pass because the evidence could not be read)."""
-    try:
-        with read_ledger(path) as ledger:
-            budgets = ledger.datasets()
-            charges = [c for b in budgets for c in ledger.history(b.dataset_id)]
-    except (SQLAlchemyError, ValueError) as error:
-        return [AuditFailure(0, None, "ledger-mismatch", f"the ledger cannot be read: {error}")]
-    return cross_check_ledger(entries, charges, budgets)
+    """A clinic's ledger database opened read-only and without its signing key: reading
+    it, as reports and audits do, must never change it nor append to its audit log."""
+    return PrivacyLedger.read_only(path)

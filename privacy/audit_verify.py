@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -22,17 +22,30 @@ from oralfed.privacy.keys import key_fingerprint
 
 __all__ = ["AuditFailure", "VerificationResult", "verify_entries"]
 
+# The type of every stored field of an entry, as the log writes it.
+_FIELD_TYPES: Final[dict[str, type]] = {
+    "seq": int,
+    "recorded_at": str,
+    "kind": str,
+    "payload": str,
+    "prev_hash": str,
+    "entry_hash": str,
+    "signer": str,
+    "signature": str,
+}
+
 
 @dataclass(frozen=True)
 class AuditFailure:
     """Why one entry fails: ``position`` is its place in storage (1 = first), ``problem``
-    one of changed, forged-signature, foreign-key, deleted, reordered, truncated,
-    ledger-mismatch."""
+    one of malformed, changed, forged-signature, foreign-key, deleted, reordered, truncated,
+    ledger-mismatch; ``ledger_row`` the ledger row a ledger-mismatch is about, if one."""
 
     position: int  # 0: not tied to one entry (a ledger row, or the log as a whole)
     seq: int | None
     problem: str
     detail: str
+    ledger_row: str | None = None
 
     def __str__(self) -> str:
         if self.seq is None:
@@ -62,7 +75,13 @@ class VerificationResult:
             "head_hash": self.head_hash,
             "signer": self.signer,
             "failures": [
-                {"position": f.position, "seq": f.seq, "problem": f.problem, "detail": f.detail}
+                {
+                    "position": f.position,
+                    "seq": f.seq,
+                    "problem": f.problem,
+                    "detail": f.detail,
+                    "ledger_row": f.ledger_row,
+                }
                 for f in self.failures
             ],
         }
@@ -76,23 +95,38 @@ def verify_entries(
 ) -> VerificationResult:
     """Check every entry's content hash, signature, signer and chain link, in storage order.
 
-    Each failure names the entry and the kind of tampering that explains it: a changed
+    Each failure names the entry and the kind of tampering that explains it: a malformed
+    row (a field NULL or of the wrong type: it was edited outside the log), a changed
     byte (hash does not match content), a forged signature (content and hash agree but
     the key did not sign them), a foreign key (another node's log, or the wrong key), a
     deleted entry (a gap in the chain), reordered entries (an authentic entry out of
     place) and, with ``expect_head``, a truncated tail (the anchored head is gone).
+    Whatever a stored row holds, the answer is a failure naming it, never an exception.
     """
     signer = key_fingerprint(public_key)
     failures: list[AuditFailure] = []
     seqs = {entry.seq for entry in entries}
     previous_hash = GENESIS_HASH
     for position, entry in enumerate(entries, start=1):
-        failures += _entry_failures(position, entry, public_key, signer)
-        if entry.prev_hash != previous_hash:
-            failures.append(_chain_failure(position, entry, seqs))
+        malformed = _malformed_fields(entry)
+        if malformed:
+            # Nothing else about it can be judged; the next entry's link still is.
+            failures.append(
+                AuditFailure(
+                    position,
+                    _seq(entry),
+                    "malformed",
+                    f"the entry stored at position {position} has {', '.join(malformed)}: "
+                    "its row was edited outside the log",
+                )
+            )
+        else:
+            failures += _entry_failures(position, entry, public_key, signer)
+            if entry.prev_hash != previous_hash:
+                failures.append(_chain_failure(position, entry, seqs))
         previous_hash = entry.entry_hash
     head = entries[-1] if entries else None
-    head_hash = head.entry_hash if head else GENESIS_HASH
+    head_hash = str(head.entry_hash) if head else GENESIS_HASH
     if expect_head is not None and expect_head.lower() not in {e.entry_hash for e in entries}:
         failures.append(
             AuditFailure(
@@ -101,18 +135,42 @@ def verify_entries(
                 problem="truncated",
                 detail=(
                     f"the head recorded earlier ({expect_head}) is not in this log, whose last "
-                    f"entry is {head.seq if head else 'none'} with hash {head_hash}: entries "
+                    f"entry is {_seq(head) if head else 'none'} with hash {head_hash}: entries "
                     "were removed from its end, or this is a different log"
                 ),
             )
         )
     return VerificationResult(
         entries=len(entries),
-        head_seq=head.seq if head else None,
+        head_seq=_seq(head) if head else None,
         head_hash=head_hash,
         signer=signer,
         failures=tuple(failures),
     )
+
+
+def _seq(entry: AuditEntry) -> int | None:
+    """The entry's sequence number, None if its row holds something else there."""
+    seq: object = entry.seq
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) else None
+
+
+def _malformed_fields(entry: AuditEntry) -> list[str]:
+    """The fields of a stored entry that hold what no writer stores: NULL, or the wrong
+    type (a database column, or an export's field, can be made to hold anything)."""
+    problems = []
+    for name, expected in _FIELD_TYPES.items():
+        value: object = getattr(entry, name)
+        if isinstance(value, expected) and not isinstance(value, bool):
+            continue
+        shown = "NULL" if value is None else f"{type(value).__name__} {_shown(value)}"
+        problems.append(f"{name} {shown}, not {expected.__name__}")
+    return problems
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:39] + "…"
 
 
 def _entry_failures(
@@ -125,8 +183,8 @@ def _entry_failures(
 
     try:
         payload = entry.payload_data()
-    except ValueError:
-        return failure("changed", "its payload is no longer valid JSON")
+    except ValueError as error:
+        return failure("changed", f"its payload is not the JSON the node wrote ({error})")
     if canonical_json(payload) != entry.payload:
         return failure("changed", "its payload text differs from what was written")
     if entry.signer != signer:
@@ -135,14 +193,17 @@ def _entry_failures(
             f"it was signed by key {entry.signer[:16]}…, not by the expected key "
             f"{signer[:16]}…: a log from another node, or the wrong public key",
         )
-    recomputed = entry_hash(
-        seq=entry.seq,
-        recorded_at=entry.recorded_at,
-        kind=entry.kind,
-        payload=payload,
-        prev_hash=entry.prev_hash,
-        signer=entry.signer,
-    )
+    try:
+        recomputed = entry_hash(
+            seq=entry.seq,
+            recorded_at=entry.recorded_at,
+            kind=entry.kind,
+            payload=payload,
+            prev_hash=entry.prev_hash,
+            signer=entry.signer,
+        )
+    except ValueError:  # text no writer produces, such as a lone surrogate
+        return failure("changed", "its content holds text that no node writes")
     if recomputed != entry.entry_hash:
         return failure(
             "changed",

@@ -1,7 +1,11 @@
 """The budgets a state dir can show: a clinic's own, or the federation's as the clinics said.
 
 A clinic's state dir holds its ledger, and its budgets are recomputed from the whole
-history there (:mod:`privacy.budget_report`): that figure is authoritative. The coordinator
+history there (:mod:`privacy.budget_report`): that figure is authoritative only while the
+ledger matches its signed audit log, so a clinic's view always carries the verification of
+the log and of the ledger beside it (:func:`~privacy.audit_targets.verify_target`, the same
+check as ``oralfed audit verify``): a ledger edited to free budget cannot be reported
+quietly. Reporting opens the ledger read-only and writes nothing. The coordinator
 holds no ledger, only its signed log of rounds, in which each clinic reported its own
 figures; that view is relayed, never recomputed, and carries whether the coordinator's log
 still verifies, so that it is never taken for more than it is.
@@ -19,8 +23,10 @@ from oralfed.privacy.audit_log import json_safe
 from oralfed.privacy.audit_targets import (
     COORDINATOR_DATABASE,
     LEDGER_DATABASE,
+    VerificationReport,
     open_target,
     read_ledger,
+    verify_target,
 )
 from oralfed.privacy.audit_verify import verify_entries
 from oralfed.privacy.budget_plot import plot_budgets
@@ -43,9 +49,11 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ClinicBudgets:
-    """A clinic's budgets, recomputed from its ledger; ``chart`` is the PNG written, if any."""
+    """A clinic's budgets, recomputed from its ledger, with the verification of its log and
+    ledger rows; ``chart`` is the PNG written, if any (never for a ledger that failed it)."""
 
     reports: tuple[DatasetBudgetReport, ...]
+    verification: VerificationReport
     chart: Path | None = None
 
 
@@ -91,10 +99,13 @@ def clinic_budgets(
     chart: Path | None = None,
 ) -> ClinicBudgets:
     """Every data set's report (or ``dataset``'s), each charge's ε with ``by_round``, and the
-    ``chart`` written when asked for (which needs each charge's ε too).
+    ``chart`` written when asked for (which needs each charge's ε too), all checked against
+    the signed log: a chart is drawn only from a ledger that matches it, so that no picture
+    of an edited ledger circulates without its failures.
 
     :class:`~privacy.ledger.LedgerError` when the state dir has no readable ledger or the
-    ledger knows no data set.
+    ledger knows no data set; the verification's own refusals (an unreadable log or key)
+    as :func:`~privacy.audit_targets.verify_target` raises them.
     """
     path = state_dir / LEDGER_DATABASE
     if not path.is_file():
@@ -109,9 +120,11 @@ def clinic_budgets(
         raise LedgerError(f"{path}: not a readable ledger database ({reason})") from None
     if not reports:
         raise LedgerError(f"{path}: no data set is registered in this ledger")
-    if chart is not None:
-        plot_budgets(reports, chart)
-    return ClinicBudgets(tuple(reports), chart)
+    verification = verify_target(state_dir=state_dir)
+    if chart is None or not verification.ok:
+        return ClinicBudgets(tuple(reports), verification)
+    plot_budgets(reports, chart)
+    return ClinicBudgets(tuple(reports), verification, chart)
 
 
 def federation_budgets(state_dir: Path) -> FederationBudgets:

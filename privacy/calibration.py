@@ -8,14 +8,29 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 from oralfed.privacy.accountants import DEFAULT_ACCOUNTANT, get_accountant
-from oralfed.privacy.events import MIN_NOISE_MULTIPLIER, DpSgdEvent
+from oralfed.privacy.events import (
+    MIN_NOISE_MULTIPLIER,
+    DpSgdEvent,
+    PrivacyEvent,
+    event_to_dict,
+)
 from oralfed.schemas.files import write_text_atomically
 
-__all__ = ["CalibrationCache", "default_delta", "dpsgd_epsilon", "noise_multiplier_for_epsilon"]
+__all__ = [
+    "UNKNOWN_SIZE_DELTA",
+    "CalibrationCache",
+    "default_delta",
+    "dpsgd_epsilon",
+    "noise_multiplier_for_epsilon",
+]
 
+# δ for a data set whose size is not public: at most 1/(10 n) for up to 100,000 records.
+# A clinic with more declares its size public (or its δ) in its node config.
+UNKNOWN_SIZE_DELTA = 1e-6
 # Past this sigma the model learns nothing; a target that needs more is a budget that is too small.
 _MAX_NOISE_MULTIPLIER = 1e4
 
@@ -39,8 +54,12 @@ def noise_multiplier_for_epsilon(
     delta: float,
     accountant: str = DEFAULT_ACCOUNTANT,
     tolerance: float = 0.01,
+    other_events: Sequence[PrivacyEvent] = (),
 ) -> float:
     """The smallest noise multiplier whose ε stays at or below ``target_epsilon``.
+
+    ``other_events`` are the run's other releases (its evaluations, a size estimate): the
+    target covers their composition with the DP-SGD steps, so a run spends at most it.
 
     The result always satisfies ε(sigma) ≤ target, and target - ε(sigma) ≤ ``tolerance``
     unless sigma is already pinned down to 1e-6 relative precision. Less noise than this
@@ -56,7 +75,7 @@ def noise_multiplier_for_epsilon(
     acct = get_accountant(accountant)
 
     def epsilon(sigma: float) -> float:
-        return acct.epsilon([DpSgdEvent(sigma, sample_rate, steps)], delta)
+        return acct.epsilon([DpSgdEvent(sigma, sample_rate, steps), *other_events], delta)
 
     # The first evaluation also validates sample_rate, steps and delta.
     # Invariant once bracketed: ε(low) > target >= ε(high) = eps_high.
@@ -126,12 +145,14 @@ class CalibrationCache:
         steps: int,
         delta: float,
         accountant: str = DEFAULT_ACCOUNTANT,
+        other_events: Sequence[PrivacyEvent] = (),
     ) -> float:
-        key = json.dumps([target_epsilon, sample_rate, steps, delta, accountant])
+        others = [event_to_dict(event) for event in other_events]
+        key = json.dumps([target_epsilon, sample_rate, steps, delta, accountant, others])
         entries = self._read()
         if key not in entries:
             entries[key] = noise_multiplier_for_epsilon(
-                target_epsilon, sample_rate, steps, delta, accountant
+                target_epsilon, sample_rate, steps, delta, accountant, other_events=other_events
             )
             write_text_atomically(self.path, json.dumps(entries, indent=1))
         return float(entries[key])

@@ -14,7 +14,10 @@ checked by an auditor.
 Every registration, cap change, charge and refused charge is also appended to the clinic's
 signed audit log (:mod:`privacy.audit_log`) inside the same transaction, so the ledger and its
 audit trail cannot disagree. A refused charge changes no ledger row but does commit its
-audit entry: the refusal itself is part of the record.
+audit entry: the refusal itself is part of the record. Each entry carries every value of
+the rows it records that ε depends on (δ, accountant, cap, the mechanism's parameters), so
+that a row edited behind the ledger's back shows against the signed log
+(:mod:`privacy.ledger_cross_check`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from oralfed.privacy.audit_log import (
     LEDGER_CHARGE,
     LEDGER_REFUSED,
     AuditLog,
+    read_only_engine,
 )
 from oralfed.privacy.events import (
     DpSgdEvent,
@@ -172,6 +176,21 @@ class PrivacyLedger:
         self.audit = None if signing_key is None else AuditLog(self._locking_engine, signing_key)
 
     @classmethod
+    def read_only(cls, path: Path) -> Self:
+        """A SQLite ledger file opened for reading only, as reports and audits open it.
+
+        Nothing can be written through it, not even by accident: the file is opened
+        read-only (:func:`~privacy.audit_log.read_only_engine`), no table is created, no
+        pragma changes its journal, no key is needed or made, and nothing is audited. A
+        charge through it fails in SQLite.
+        """
+        ledger = cls.__new__(cls)
+        ledger._engine = read_only_engine(path)
+        ledger._locking_engine = ledger._engine.execution_options()  # no write lock to take
+        ledger.audit = None
+        return ledger
+
+    @classmethod
     def in_state_dir(cls, state_dir: Path) -> Self:
         """The ledger of a clinic node: ``<state_dir>/ledger.db``, created if missing, audited
         with the node's signing key (created on first use, see :mod:`privacy.keys`)."""
@@ -226,14 +245,14 @@ class PrivacyLedger:
                 )
                 session.add(row)
                 session.flush()  # no ORM relationship orders the inserts; the FK needs the row
-                session.add(
-                    BudgetChange(
-                        dataset_id=dataset_id,
-                        old_cap=None,
-                        new_cap=epsilon_cap,
-                        reason=reason or "registered",
-                    )
+                registered = BudgetChange(
+                    dataset_id=dataset_id,
+                    old_cap=None,
+                    new_cap=epsilon_cap,
+                    reason=reason or "registered",
                 )
+                session.add(registered)
+                session.flush()  # its id binds the row to the audit entry
                 self._audit(
                     session,
                     DATASET_REGISTERED,
@@ -243,6 +262,7 @@ class PrivacyLedger:
                         "delta": delta,
                         "accountant": accountant,
                         "reason": reason or "registered",
+                        "budget_change_id": registered.id,
                     },
                 )
                 return _budget(row, [])
@@ -254,16 +274,20 @@ class PrivacyLedger:
                     f"δ={delta:g} / {accountant} would re-interpret that history under a "
                     "different guarantee. Register the data under a new dataset id instead."
                 )
-            row.delta, row.accountant = delta, accountant
+            # Every value ε depends on is in the audit entry, so that an edit of the row
+            # shows against the log; δ and the accountant can only change here before the
+            # first charge, and are logged then too, although no cap change row records it.
+            change: BudgetChange | None = None
             if row.epsilon_cap != epsilon_cap:
-                session.add(
-                    BudgetChange(
-                        dataset_id=dataset_id,
-                        old_cap=row.epsilon_cap,
-                        new_cap=epsilon_cap,
-                        reason=reason,
-                    )
+                change = BudgetChange(
+                    dataset_id=dataset_id,
+                    old_cap=row.epsilon_cap,
+                    new_cap=epsilon_cap,
+                    reason=reason,
                 )
+                session.add(change)
+                session.flush()  # its id binds the row to the audit entry
+            if change is not None or (row.delta, row.accountant) != (delta, accountant):
                 self._audit(
                     session,
                     BUDGET_CHANGED,
@@ -271,10 +295,15 @@ class PrivacyLedger:
                         "dataset_id": dataset_id,
                         "old_cap": row.epsilon_cap,
                         "new_cap": epsilon_cap,
+                        "old_delta": row.delta,
+                        "delta": delta,
+                        "old_accountant": row.accountant,
+                        "accountant": accountant,
                         "reason": reason,
+                        "budget_change_id": None if change is None else change.id,
                     },
                 )
-                row.epsilon_cap = epsilon_cap
+            row.delta, row.accountant, row.epsilon_cap = delta, accountant, epsilon_cap
         return _budget(row, history)
 
     def budget(self, dataset_id: str) -> Budget:

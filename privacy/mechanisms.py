@@ -7,15 +7,44 @@ array) has L1 = L2 sensitivity 1 however many cells there are, and a vector of s
 to ``[low, high]`` has L1 = L2 sensitivity ``max(|low|, |high|)``. Sensitivities come from
 the :class:`Bounds` the caller derives from the data contract, never from the data.
 
+Every released number is an integer plus *discrete* noise drawn by an exact sampler
+(:mod:`privacy.samplers`), never a float plus float noise: ``count + rng.laplace(0, b)`` in
+float64 leaks through the gaps between the floats each input can produce (Mironov 2012), so
+an observer can often rule out the neighbouring count with certainty. With integers and
+exact samplers every integer is a possible output of every input, with exactly the
+probability the analysis assumes. The query's ``mechanism`` picks the family:
+
+* **laplace**: counts, positives and bin counts get discrete Laplace noise of scale
+  b = ``noise_multiplier``, exactly a :class:`~privacy.events.DiscreteLaplaceEvent`; sums
+  (below) get scale b · :data:`~privacy.events.LATTICE_UNITS`, which the same event bounds
+  from above.
+* **gaussian**: every vector is computed on the lattice of
+  :data:`~privacy.events.LATTICE_UNITS` (K = 1024) units per unit of sensitivity and gets
+  discrete Gaussian noise of σ = ``noise_multiplier`` · K units, exactly a
+  :class:`~privacy.events.DiscreteGaussianEvent`. A count is released as K · count + noise
+  rounded back to whole records (half away from zero, so the noise stays symmetric and
+  unbiased; rounding is post-processing).
+
+Sums are discretised before any noise: each clipped value is snapped to the nearest
+multiple of the grid unit u = sensitivity / K, an integer of at most K units, the integers
+are summed per cell, the noise (integer sensitivity K) is added to the integer total, and
+only then is the total scaled back by u, which is post-processing. Every sum a clinic can
+release is therefore a multiple of u, whatever its data. The grid's bias: each value moves
+by at most u / 2 = sensitivity / 2048, so a cell's sum is off by at most n · u / 2 and a
+mean by at most u / 2 (0.054 years for ``age_years``, 0.039 for ``bmi``); values already on
+the grid, such as whole ``dmft`` counts (u = 1/32), do not move at all. The error this
+module reports is the noise's; the grid's bias is far below it for any cell that is shown.
+
 A query releases one or two such vectors (always the counts, which the coordinator needs
 for small-cell suppression, plus the measure's own statistic). Every vector is released
 with the *same* noise multiplier relative to its own sensitivity, so the whole query is one
-:class:`~privacy.events.GaussianEvent` (or :class:`~privacy.events.LaplaceEvent`) with
-``count`` = number of vectors: the ε budget is split equally between the parts, and the
-ledger composes them exactly as the accountant would any other repeated release.
+event with ``count`` = number of vectors: the ε budget is split equally between the parts,
+and the ledger composes them exactly as the accountant would any other repeated release.
 
-This module is pure numpy (no torch, no Flower) and knows nothing of records: the clinic
-maps its records to cell indices and values, the coordinator combines the clinics' parts.
+This module is numpy and the exact samplers (no torch, no Flower) and knows nothing of
+records: the clinic maps its records to cell indices and values, the coordinator combines
+the clinics' parts. Noisy means and proportions are ratios formed by the coordinator
+(:func:`ratio`) and are not clamped here.
 """
 
 from __future__ import annotations
@@ -27,16 +56,29 @@ from enum import StrEnum
 from functools import lru_cache
 
 import numpy as np
+import numpy.typing as npt
 
-from oralfed.privacy.accountants import DEFAULT_ACCOUNTANT, validate_delta
+from oralfed.privacy.accountants import DEFAULT_ACCOUNTANT, get_accountant, validate_delta
 from oralfed.privacy.calibration import noise_multiplier_for_epsilon
-from oralfed.privacy.events import GaussianEvent, LaplaceEvent, PrivacyEvent
+from oralfed.privacy.events import (
+    LATTICE_UNITS,
+    DiscreteGaussianEvent,
+    DiscreteLaplaceEvent,
+    PrivacyEvent,
+)
+from oralfed.privacy.samplers import IntArray, discrete_gaussian, discrete_laplace
 
 Z_95 = 1.959963984540054  # two-sided 95 % normal quantile
 # A clinic's parts for a cell are released from its records only when its *noisy* count is at
 # least this (issue 5: "a group with fewer than 10 records at a clinic contributes nothing").
 CLINIC_MIN_RECORDS = 10
 QUANTILE_BOOTSTRAP_DRAWS = 400
+# Calibration raises the continuous Gaussian's multiplier in these steps until the discrete
+# event itself fits the budget (their ε differ by about 0.01 %).
+_DISCRETE_CALIBRATION_STEP = 1.005
+# The discrete Gaussian's mass beyond this many σ is below 1e-30 (Canonne et al. 2020).
+_TAIL_SIGMAS = 11.6
+_CHUNK = 1 << 20  # support points summed at once when computing a noise's spread
 
 
 class NoiseKind(StrEnum):
@@ -60,17 +102,30 @@ class Bounds:
         """Largest change of a clipped sum when one patient is added or removed."""
         return max(abs(self.low), abs(self.high))
 
+    @property
+    def unit(self) -> float:
+        """The grid step summed values are snapped to: the sensitivity is K such steps."""
+        return self.sensitivity / LATTICE_UNITS
+
     def clip(self, values: np.ndarray) -> np.ndarray:
         return np.clip(np.asarray(values, dtype=float), self.low, self.high)
+
+    def snap(self, values: np.ndarray) -> IntArray:
+        """Clipped values as whole grid units: integers of at most K in absolute value.
+
+        A deterministic function of each value, so one patient still moves a cell's integer
+        sum by at most K, the integer sensitivity the noise is calibrated to.
+        """
+        units = np.rint(self.clip(values) / self.unit)
+        return np.clip(units, -LATTICE_UNITS, LATTICE_UNITS).astype(np.int64)
 
 
 @dataclass(frozen=True)
 class NoiseCalibration:
     """One noise multiplier shared by ``releases`` vectors, and the event that pays for them.
 
-    ``noise_multiplier`` is σ / sensitivity (Gaussian) or b / L1 sensitivity (Laplace),
-    exactly the parameter of the ledger's event, so the ledger charges precisely the noise
-    that was added.
+    ``noise_multiplier`` is the parameter of the ledger's event, so the ledger charges
+    precisely the noise that is added (see the module docstring for the scales it implies).
     """
 
     kind: NoiseKind
@@ -80,24 +135,37 @@ class NoiseCalibration:
     @property
     def event(self) -> PrivacyEvent:
         if self.kind is NoiseKind.GAUSSIAN:
-            return GaussianEvent(self.noise_multiplier, self.releases)
-        return LaplaceEvent(self.noise_multiplier, self.releases)
+            return DiscreteGaussianEvent(self.noise_multiplier, self.releases)
+        return DiscreteLaplaceEvent(self.noise_multiplier, self.releases)
 
-    def noise_sd(self, sensitivity: float) -> float:
-        """Standard deviation of the noise on one component with this sensitivity."""
-        scale = self.noise_multiplier * sensitivity
-        return scale if self.kind is NoiseKind.GAUSSIAN else math.sqrt(2.0) * scale
-
-    def add_noise(
-        self, values: np.ndarray, sensitivity: float, rng: np.random.Generator
-    ) -> np.ndarray:
-        scale = self.noise_multiplier * sensitivity
-        shape = np.shape(values)
+    @property
+    def count_noise_sd(self) -> float:
+        """Standard deviation of the noise on one released count (or positives, bin count)."""
         if self.kind is NoiseKind.GAUSSIAN:
-            noise = rng.normal(0.0, scale, shape)
-        else:
-            noise = rng.laplace(0.0, scale, shape)
-        return np.asarray(values, dtype=float) + noise
+            return _gaussian_noise_sds(self.noise_multiplier)[0]
+        return _discrete_laplace_sd(self.noise_multiplier)
+
+    def sum_noise_sd(self, bounds: Bounds) -> float:
+        """Standard deviation of the noise on one released sum, in the values' units."""
+        if self.kind is NoiseKind.GAUSSIAN:
+            return bounds.unit * _gaussian_noise_sds(self.noise_multiplier)[1]
+        return bounds.unit * _discrete_laplace_sd(self.noise_multiplier * LATTICE_UNITS)
+
+    def noisy_counts(self, counts: IntArray) -> IntArray:
+        """Counts (sensitivity 1) plus this family's discrete noise, as whole records."""
+        if self.kind is NoiseKind.GAUSSIAN:
+            lattice = discrete_gaussian(
+                counts * LATTICE_UNITS, self.noise_multiplier * LATTICE_UNITS
+            )
+            return _round_half_away(lattice, LATTICE_UNITS)
+        return discrete_laplace(counts, self.noise_multiplier)
+
+    def noisy_sums(self, units: IntArray) -> IntArray:
+        """Integer sums in grid units (sensitivity K) plus this family's discrete noise."""
+        scale = self.noise_multiplier * LATTICE_UNITS
+        if self.kind is NoiseKind.GAUSSIAN:
+            return discrete_gaussian(units, scale)
+        return discrete_laplace(units, scale)
 
 
 def calibrate(
@@ -109,11 +177,15 @@ def calibrate(
 ) -> NoiseCalibration:
     """The least noise for which ``releases`` vectors together stay within (ε, δ).
 
-    Gaussian: ``releases`` Gaussian releases at multiplier σ are exactly ``releases``
-    DP-SGD steps at sampling rate 1, so the project's calibration (the same accountant the
-    ledger charges with) gives the smallest σ whose composed ε ≤ ε, to 1 % of ε. Laplace:
-    each release at multiplier b is (1/b)-DP, so b = releases / ε bounds the composition
-    by basic composition whatever δ (the ledger's accountant may certify less).
+    Laplace: each release at multiplier b is (1/b)-DP (sums too: see
+    :class:`~privacy.events.DiscreteLaplaceEvent`), so b = ``releases`` / ε bounds the
+    composition by basic composition whatever δ (the ledger's accountant may certify less).
+    Gaussian: ``releases`` continuous Gaussian releases at multiplier σ are exactly
+    ``releases`` DP-SGD steps at sampling rate 1, so the project's calibration gives the
+    smallest such σ to 1 % of ε; the discrete event's ε is within about 0.01 % of it, and
+    σ is then raised in 0.5 % steps until the accountant the ledger charges with certifies
+    the discrete event itself. An accountant that cannot analyse the discrete event (prv)
+    raises :class:`~privacy.accountants.UnsupportedEvent`.
     """
     kind = NoiseKind(kind)
     if not (math.isfinite(epsilon) and epsilon > 0):
@@ -128,9 +200,48 @@ def calibrate(
 
 @lru_cache(maxsize=64)
 def _gaussian_multiplier(epsilon: float, delta: float, releases: int, accountant: str) -> float:
-    return noise_multiplier_for_epsilon(
+    multiplier = noise_multiplier_for_epsilon(
         epsilon, 1.0, releases, delta, accountant, tolerance=epsilon / 100
     )
+    certify = get_accountant(accountant)
+    while certify.epsilon([DiscreteGaussianEvent(multiplier, releases)], delta) > epsilon:
+        multiplier *= _DISCRETE_CALIBRATION_STEP
+    return multiplier
+
+
+def _discrete_laplace_sd(scale: float) -> float:
+    """Standard deviation of P(z) ∝ exp(-|z| / scale): variance 2p / (1 - p)², p = e^(-1/b)."""
+    p = math.exp(-1.0 / scale)
+    return math.sqrt(2.0 * p) / (1.0 - p)
+
+
+@lru_cache(maxsize=64)
+def _gaussian_noise_sds(noise_multiplier: float) -> tuple[float, float]:
+    """(sd on a count, sd in lattice units) of the Gaussian family at this multiplier.
+
+    Y ~ N_Z(0, σ²) with σ = multiplier · K has no closed-form variance (it is just below σ²),
+    and a count's noise is Y / K rounded half away from zero (about multiplier² + 1/12), so
+    both are summed over the pmf's support; the noise is symmetric, so over y ≥ 0 only.
+    """
+    sigma = noise_multiplier * LATTICE_UNITS
+    tail = math.ceil(_TAIL_SIGMAS * sigma)
+    mass, lattice_moment, count_moment = 0.0, 0.0, 0.0
+    for start in range(1, tail + 1, _CHUNK):
+        y = np.arange(start, min(start + _CHUNK, tail + 1), dtype=np.float64)
+        weight = np.exp(-0.5 * (y / sigma) ** 2)
+        mass += float(weight.sum())
+        lattice_moment += float((y**2 * weight).sum())
+        count_moment += float((np.floor(y / LATTICE_UNITS + 0.5) ** 2 * weight).sum())
+    normaliser = 1.0 + 2.0 * mass
+    return (
+        math.sqrt(2.0 * count_moment / normaliser),
+        math.sqrt(2.0 * lattice_moment / normaliser),
+    )
+
+
+def _round_half_away(values: IntArray, divisor: int) -> IntArray:
+    """``values`` / ``divisor`` rounded to integers, halves away from zero, in integers."""
+    return np.sign(values) * ((np.abs(values) + divisor // 2) // divisor)
 
 
 # --- clinic side: local noisy parts -----------------------------------------------------------
@@ -138,7 +249,11 @@ def _gaussian_multiplier(epsilon: float, delta: float, releases: int, accountant
 
 @dataclass(frozen=True)
 class NoisyPart:
-    """A noisy vector and the standard deviation of the noise on each of its components."""
+    """A noisy vector and the standard deviation of the noise on each of its components.
+
+    Counts, positives and bin counts are integer arrays; sums are multiples of their grid
+    unit (:attr:`Bounds.unit`).
+    """
 
     values: np.ndarray
     noise_sd: float
@@ -164,18 +279,17 @@ def releases_for(statistic: str | None) -> int:
 
 
 def release_counts(
-    cell_index: np.ndarray, n_cells: int, calibration: NoiseCalibration, rng: np.random.Generator
+    cell_index: np.ndarray, n_cells: int, calibration: NoiseCalibration
 ) -> NoisyPart:
     """Noisy record counts per cell; ``cell_index`` = -1 drops a record (not in any cell)."""
-    counts = _cell_totals(cell_index, np.ones(len(cell_index)), n_cells)
-    return NoisyPart(calibration.add_noise(counts, 1.0, rng), calibration.noise_sd(1.0))
+    counts = _cell_totals(cell_index, np.ones(len(cell_index), dtype=np.int64), n_cells)
+    return NoisyPart(calibration.noisy_counts(counts), calibration.count_noise_sd)
 
 
 def release_local(
     cell_index: np.ndarray,
     n_cells: int,
     calibration: NoiseCalibration,
-    rng: np.random.Generator,
     *,
     statistic: str | None = None,
     values: np.ndarray | None = None,
@@ -186,16 +300,18 @@ def release_local(
     """A clinic's whole noisy reply for one query.
 
     ``statistic`` is None (counts only), ``"sum"`` (values clipped to ``bounds``),
-    ``"positives"`` (0/1 ``values``) or ``"bins"`` (``values`` binned on ``edges``).
+    ``"positives"`` (0/1 ``values``) or ``"bins"`` (``values`` binned on ``edges``). The
+    noise comes from the operating system's entropy through the exact samplers: there is no
+    generator to pass, and so no seed anyone could choose or replay.
 
     The small-cell rule is decided on the *noisy* count, not the true one: a rule on the true
     count would change the output by 10 records (or 10 times the bound) when one patient moves
     a cell from 9 to 10, far beyond the sensitivity the noise is calibrated to, and the
     presence of a cell's statistic would itself reveal that the clinic has ≥ 10 such
     patients. Deciding on the already released noisy count is post-processing; the second
-    part is then a Gaussian/Laplace release of a function (the statistic, or zero for a
-    withheld cell) whose sensitivity is still the bound, so by adaptive composition the
-    query costs exactly ``calibration.event`` whichever cells are withheld.
+    part is then a release of a function (the statistic, or zero for a withheld cell) whose
+    sensitivity is still the bound, so by adaptive composition the query costs exactly
+    ``calibration.event`` whichever cells are withheld.
     """
     if calibration.releases != releases_for(statistic):
         raise ValueError(
@@ -203,7 +319,7 @@ def release_local(
             f"{releases_for(statistic)}"
         )
     cell_index = np.asarray(cell_index, dtype=int)
-    counts = release_counts(cell_index, n_cells, calibration, rng)
+    counts = release_counts(cell_index, n_cells, calibration)
     withheld = counts.values < min_records
     parts = {"count": counts}
     if statistic is not None:
@@ -211,14 +327,7 @@ def release_local(
             raise ValueError(f"statistic {statistic!r} needs values")
         kept = np.where(withheld[np.clip(cell_index, 0, None)], -1, cell_index)
         parts[statistic] = _statistic_part(
-            statistic,
-            kept,
-            np.asarray(values, dtype=float),
-            n_cells,
-            calibration,
-            rng,
-            bounds,
-            edges,
+            statistic, kept, np.asarray(values, dtype=float), n_cells, calibration, bounds, edges
         )
     return LocalRelease(parts, withheld, calibration.event)
 
@@ -229,48 +338,49 @@ def _statistic_part(
     values: np.ndarray,
     n_cells: int,
     calibration: NoiseCalibration,
-    rng: np.random.Generator,
     bounds: Bounds | None,
     edges: np.ndarray | None,
 ) -> NoisyPart:
     if statistic == "sum":
         if bounds is None:
             raise ValueError("a sum needs the bounds its values are clipped to")
-        totals = _cell_totals(cell_index, bounds.clip(values), n_cells)
+        totals = _cell_totals(cell_index, bounds.snap(values), n_cells)
         return NoisyPart(
-            calibration.add_noise(totals, bounds.sensitivity, rng),
-            calibration.noise_sd(bounds.sensitivity),
+            calibration.noisy_sums(totals) * bounds.unit, calibration.sum_noise_sd(bounds)
         )
     if statistic == "positives":
         if not np.isin(values, (0.0, 1.0)).all():
             raise ValueError("positives must be 0/1 values")
-        totals = _cell_totals(cell_index, values, n_cells)
-        return NoisyPart(calibration.add_noise(totals, 1.0, rng), calibration.noise_sd(1.0))
+        totals = _cell_totals(cell_index, values.astype(np.int64), n_cells)
+        return NoisyPart(calibration.noisy_counts(totals), calibration.count_noise_sd)
     if statistic == "bins":
         if edges is None:
             raise ValueError("a histogram needs bin edges")
         table = bin_counts(cell_index, values, edges, n_cells)
-        return NoisyPart(calibration.add_noise(table, 1.0, rng), calibration.noise_sd(1.0))
+        return NoisyPart(calibration.noisy_counts(table), calibration.count_noise_sd)
     raise ValueError(f"unknown statistic {statistic!r}; expected sum, positives or bins")
 
 
 def bin_counts(
     cell_index: np.ndarray, values: np.ndarray, edges: np.ndarray, n_cells: int
-) -> np.ndarray:
+) -> IntArray:
     """True counts, a row per cell and a column per bin; outliers go to the outer bins."""
     edges = np.asarray(edges, dtype=float)
     n_bins = len(edges) - 1
     clipped = np.clip(values, edges[0], edges[-1])
     bins = np.clip(np.searchsorted(edges, clipped, side="right") - 1, 0, n_bins - 1)
-    table = np.zeros((n_cells, n_bins))
+    table = np.zeros((n_cells, n_bins), dtype=np.int64)
     keep = cell_index >= 0
-    np.add.at(table, (cell_index[keep], bins[keep]), 1.0)
+    np.add.at(table, (cell_index[keep], bins[keep]), 1)
     return table
 
 
-def _cell_totals(cell_index: np.ndarray, values: np.ndarray, n_cells: int) -> np.ndarray:
+def _cell_totals(cell_index: np.ndarray, values: IntArray, n_cells: int) -> IntArray:
+    """Exact integer totals per cell (float accumulation could round large sums)."""
+    totals = np.zeros(n_cells, dtype=np.int64)
     keep = cell_index >= 0
-    return np.bincount(cell_index[keep], weights=values[keep], minlength=n_cells).astype(float)
+    np.add.at(totals, cell_index[keep], values[keep])
+    return totals
 
 
 # --- coordinator side: combine and estimate ---------------------------------------------------
@@ -291,7 +401,9 @@ class Estimate:
         return cls(value, standard_error, value - half, value + half)
 
 
-def combine_sums(values: Sequence[float], noise_sds: Sequence[float]) -> Estimate:
+def combine_sums(
+    values: Sequence[float] | npt.NDArray[np.float64], noise_sds: Sequence[float]
+) -> Estimate:
     """Sum of independent noisy parts: the variances add."""
     total = float(np.sum(values))
     return Estimate.normal(total, math.sqrt(float(np.sum(np.square(noise_sds)))))

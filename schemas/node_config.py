@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from oralfed.schemas import protocol
+from oralfed.schemas.clinic_policy import ClinicPolicy
 from oralfed.schemas.errors import ExitCode, OralFedError
 
 __all__ = ["DEFAULT_ACCOUNTANT", "DEFAULT_EPSILON_CAP", "ClinicNode", "NodeConfigError"]
@@ -36,8 +37,10 @@ class ClinicNode:
     state_dir: Path
     dataset_id: str
     epsilon_cap: float = DEFAULT_EPSILON_CAP
-    delta: float | None = None  # None: the ledger's registered δ, or a default below 1/n
+    delta: float | None = None  # None: the ledger's registered δ, or one from a public size
     accountant: str = DEFAULT_ACCOUNTANT
+    public_size: int | None = None  # a training-set size the clinic declares public
+    policy: ClinicPolicy = field(default_factory=ClinicPolicy)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ClinicNode:
@@ -65,6 +68,15 @@ class ClinicNode:
         delta = config.get(protocol.NODE_DELTA)
         if delta is not None and not 0 < float(delta) < 1:
             raise NodeConfigError(f"{protocol.NODE_DELTA} must be between 0 and 1, got {delta}")
+        public_size = config.get(protocol.NODE_PUBLIC_SIZE)
+        try:
+            size = None if public_size in (None, "") else int(str(public_size))
+        except ValueError:
+            size = 0
+        if size is not None and size < 1:
+            raise NodeConfigError(
+                f"{protocol.NODE_PUBLIC_SIZE} must be a whole number of records, got {public_size}"
+            )
         return cls(
             clinic_id=str(config[protocol.NODE_CLINIC_ID]),
             data_path=Path(str(config[protocol.NODE_DATA_PATH])),
@@ -73,13 +85,23 @@ class ClinicNode:
             epsilon_cap=cap,
             delta=None if delta is None else float(delta),
             accountant=str(config.get(protocol.NODE_ACCOUNTANT, DEFAULT_ACCOUNTANT)),
+            public_size=size,
+            policy=ClinicPolicy.from_config(config),
         )
 
     def to_config(self) -> dict[str, Any]:
         """The node-config form (also the manifest entry), inverse of :meth:`from_config`."""
-        config = {key.replace("_", "-"): value for key, value in asdict(self).items()}
-        config[protocol.NODE_DATA_PATH] = str(self.data_path)
-        config[protocol.NODE_STATE_DIR] = str(self.state_dir)
-        if self.delta is None:
-            del config[protocol.NODE_DELTA]
+        config: dict[str, Any] = {
+            protocol.NODE_CLINIC_ID: self.clinic_id,
+            protocol.NODE_DATA_PATH: str(self.data_path),
+            protocol.NODE_STATE_DIR: str(self.state_dir),
+            protocol.NODE_DATASET_ID: self.dataset_id,
+            protocol.NODE_EPSILON_CAP: self.epsilon_cap,
+            protocol.NODE_ACCOUNTANT: self.accountant,
+            **self.policy.to_config(),
+        }
+        if self.delta is not None:
+            config[protocol.NODE_DELTA] = self.delta
+        if self.public_size is not None:
+            config[protocol.NODE_PUBLIC_SIZE] = self.public_size
         return config

@@ -17,6 +17,17 @@ NODE_DATASET_ID: Final = "dataset-id"
 NODE_EPSILON_CAP: Final = "epsilon-cap"
 NODE_DELTA: Final = "delta"
 NODE_ACCOUNTANT: Final = "accountant"
+# A training-set size the clinic declares public (then q, steps and δ derive from it and
+# nothing is spent on a size estimate). Unset: a DP estimate is charged once per file.
+NODE_PUBLIC_SIZE: Final = "public-size"
+# The clinic's policy: what it lets any one run ask of it (schemas/clinic_policy.py).
+NODE_ACCEPT_TASKS: Final = "accept-tasks"
+NODE_ACCEPT_MAX_LAYERS: Final = "accept-max-layers"
+NODE_ACCEPT_MAX_WIDTH: Final = "accept-max-width"
+NODE_MAX_EPSILON_PER_RUN: Final = "max-epsilon-per-run"
+NODE_MIN_NOISE_MULTIPLIER: Final = "min-noise-multiplier"
+NODE_MAX_ROUNDS_PER_RUN: Final = "max-rounds-per-run"
+NODE_MAX_EVAL_EPSILON: Final = "max-eval-epsilon"
 # --- Run config (``[tool.flwr.app.config]`` / ``--run-config``) beyond the run settings -----
 # The run settings' keys are their fields' metadata (``oralfed.schemas.settings``).
 # Simulation only: where the manifest mapping ``partition-id`` to a clinic lives.
@@ -41,6 +52,8 @@ CFG_PROXIMAL_MU: Final = "proximal-mu"  # set by Flower's FedProx
 CFG_TASK: Final = "task"
 CFG_SEED: Final = "seed"
 CFG_HIDDEN_SIZES: Final = "hidden-sizes"
+CFG_EVAL_EPSILON: Final = "eval-epsilon"  # ε per evaluation release
+CFG_EVAL_COUNT: Final = "eval-count"  # evaluations planned in the run (the target covers them)
 CFG_DP_ENGINE: Final = "dp-engine"  # a settings.DpEngineName (client/dp_engines.py)
 
 # --- Reply records ---------------------------------------------------------------------------
@@ -48,11 +61,12 @@ REPLY_ARRAYS: Final = "arrays"
 REPLY_METRICS: Final = "metrics"
 REPLY_CLINIC: Final = "clinic"  # ConfigRecord: identity and accountant (strings)
 
-NUM_EXAMPLES: Final = "num-examples"  # FedAvg weighs by this
-TRAIN_LOSS: Final = "train-loss"
-EVAL_LOSS: Final = "eval-loss"
-EVAL_ACCURACY: Final = "eval-accuracy"
-EVAL_AUC: Final = "eval-auc"
+# FedAvg weighs by this: the clinic's public size (declared, or a charged DP estimate).
+NUM_EXAMPLES: Final = "num-examples"
+PUBLIC_SIZE_SOURCE: Final = "public-size-source"  # ConfigRecord: "declared" or "estimate"
+# Evaluation: a noisy (2 labels x bins) score histogram, flattened, and its noise scale.
+EVAL_HISTOGRAM: Final = "eval-histogram"
+EVAL_NOISE_SCALE: Final = "eval-noise-scale"
 EPSILON_SPENT: Final = "epsilon-spent"  # over the data set's whole ledger history
 EPSILON_CAP: Final = "epsilon-cap"
 DELTA: Final = "delta"
@@ -66,6 +80,7 @@ ACCOUNTANT: Final = "accountant"
 # --- Error codes in refusal replies ----------------------------------------------------------
 ERROR_BUDGET_EXCEEDED: Final = 4201
 ERROR_DATA_REFUSED: Final = 4202
+ERROR_POLICY_REFUSED: Final = 4203  # outside the clinic's policy, or unreadable
 
 # --- Aggregate-insight queries (client/query.py, server/insights.py) -------------------------
 QUERY_SPEC: Final = "query-spec"  # the QuerySpec as JSON
@@ -74,3 +89,25 @@ QUERY_NOISY_COUNTS: Final = "noisy-counts"  # one per cell
 QUERY_COUNT_NOISE_SD: Final = "count-noise-sd"
 QUERY_NOISY_STATISTIC: Final = "noisy-statistic"  # per cell (x bins), flattened
 QUERY_STATISTIC_NOISE_SD: Final = "statistic-noise-sd"
+
+# --- What each reply field is, privacy-wise (docs/privacy.md lists the same) -----------------
+# Every value a clinic puts in a train or evaluate reply is one of these three; the
+# adversarial tests check that a reply carries no key outside this table.
+DP_RELEASE: Final = "a DP release charged to the ledger before it leaves"
+DERIVED: Final = "a function of public configuration and already-charged releases"
+DECLARED_PUBLIC: Final = "declared public by the clinic (node config)"
+REPLY_FIELDS: Final[dict[str, str]] = {
+    REPLY_ARRAYS: DP_RELEASE,  # the DP-SGD model update
+    EVAL_HISTOGRAM: DP_RELEASE,  # noisy score histogram (discrete Laplace)
+    NUM_EXAMPLES: DERIVED,  # the public size: declared, or the charged DP size estimate
+    EPSILON_SPENT: DERIVED,  # the accountant over the charged events' public parameters
+    NOISE_MULTIPLIER: DERIVED,  # calibrated from the target, q and steps (public inputs)
+    SAMPLE_RATE: DERIVED,  # batch size / public size
+    DP_STEPS: DERIVED,  # epochs x ceil(1 / q)
+    EVAL_NOISE_SCALE: DERIVED,  # 1 / eval-epsilon, the coordinator's own setting
+    PUBLIC_SIZE_SOURCE: DERIVED,  # "declared" or "estimate": which of the two
+    EPSILON_CAP: DECLARED_PUBLIC,
+    DELTA: DECLARED_PUBLIC,  # the node's δ, or a default from public values
+    CLINIC_ID: DECLARED_PUBLIC,
+    ACCOUNTANT: DECLARED_PUBLIC,
+}

@@ -21,13 +21,17 @@ from collections.abc import Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
 from enum import Enum, StrEnum
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import TYPE_CHECKING, Any, get_type_hints
 
 from oralfed.schemas import protocol
 from oralfed.schemas.errors import ExitCode, OralFedError
 from oralfed.schemas.features import Task
 
+if TYPE_CHECKING:  # the settings module itself never loads Flower
+    from flwr.app import ConfigRecordValues
+
 __all__ = [
+    "DEFAULT_EVAL_EPSILON",
     "DEFAULT_HIDDEN_SIZES",
     "DEFAULT_SEED",
     "DEFAULT_TARGET_EPSILON",
@@ -42,6 +46,7 @@ __all__ = [
 
 DEFAULT_SEED = 7
 DEFAULT_TARGET_EPSILON = 3.0
+DEFAULT_EVAL_EPSILON = 0.3
 DEFAULT_HIDDEN_SIZES: tuple[int, ...] = (64, 32)
 
 
@@ -106,6 +111,15 @@ class FederationSettings:
     noise_multiplier: float | None = _setting(
         None, "noise-multiplier", "Fixed σ instead of a target ε."
     )
+    eval_epsilon: float = _setting(
+        DEFAULT_EVAL_EPSILON,
+        "eval-epsilon",
+        "ε each clinic spends per federated evaluation (a noisy score histogram); the target "
+        "ε covers it.",
+    )
+    eval_every: int = _setting(
+        0, "eval-every", "Evaluate at the clinics every N rounds (0: the final round only)."
+    )
     seed: int = _setting(DEFAULT_SEED, "seed", "Seed of synthetic data and the initial model.")
     min_clinics: int = _setting(2, "min-clinics", "Stop if fewer clinics train in a round.")
     round_timeout: float = _setting(
@@ -139,7 +153,11 @@ class FederationSettings:
                 raise SettingsError(
                     (setting_key(name),), f"{{0}} must be at least 1, got {getattr(self, name)}"
                 )
-        for name in ("learning_rate", "clip_norm", "round_timeout"):
+        if self.eval_every < 0:
+            raise SettingsError(
+                ("eval-every",), f"{{0}} must not be negative, got {self.eval_every}"
+            )
+        for name in ("learning_rate", "clip_norm", "round_timeout", "eval_epsilon"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 problem = f"{{0}} must be a positive number, got {value}"
@@ -202,7 +220,12 @@ class FederationSettings:
         """JSON-friendly form for reports and the coordinator database (field names)."""
         return {item.name: item.to_json(getattr(self, item.name)) for item in run_settings()}
 
-    def train_config(self) -> dict[str, bool | int | float | str | list[int]]:
+    def evaluation_rounds(self) -> tuple[int, ...]:
+        """The rounds after which the clinics evaluate (always including the last)."""
+        every = self.eval_every or self.rounds
+        return tuple(r for r in range(1, self.rounds + 1) if r % every == 0 or r == self.rounds)
+
+    def train_config(self) -> dict[str, ConfigRecordValues]:
         """What every clinic is told for training (FedProx adds ``proximal-mu`` itself)."""
         return {
             protocol.CFG_TOTAL_ROUNDS: self.rounds,
@@ -216,12 +239,16 @@ class FederationSettings:
             protocol.CFG_SEED: self.seed,
             protocol.CFG_HIDDEN_SIZES: list(self.hidden_sizes),
             protocol.CFG_DP_ENGINE: self.dp_engine.value,
+            protocol.CFG_EVAL_EPSILON: self.eval_epsilon,
+            protocol.CFG_EVAL_COUNT: len(self.evaluation_rounds()),
         }
 
-    def evaluate_config(self) -> dict[str, str | list[int]]:
+    def evaluate_config(self) -> dict[str, ConfigRecordValues]:
         return {
             protocol.CFG_TASK: self.task.value,
             protocol.CFG_HIDDEN_SIZES: list(self.hidden_sizes),
+            protocol.CFG_EVAL_EPSILON: self.eval_epsilon,
+            protocol.CFG_TOTAL_ROUNDS: self.rounds,
         }
 
 

@@ -48,7 +48,7 @@ def run_federation_rounds(
     halted half-way still reports what happened."""
     store = _open_store(settings)
     store.start_run(outcome.run_id, settings.public_dict())
-    # The coordinator's signed log of runs, rounds and participants (see privacy.audit).
+    # The coordinator's signed log of runs, rounds and participants (oralfed.privacy.audit_log).
     audit_log = AuditLog(
         store.engine, load_or_create_signing_key(_coordinator_state_dir(settings))
     )

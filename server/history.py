@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from flwr.app import Message
+from flwr.app import Message, MetricRecord
 
 from oralfed.schemas import protocol
+from oralfed.schemas.records import record_floats, record_value
+from oralfed.server.evaluation import EvaluationEstimate, estimate_evaluation
 
 Phase = Literal["train", "evaluate"]
 Status = Literal["ok", "refused", "failed"]
-REFUSAL_CODES = frozenset({protocol.ERROR_BUDGET_EXCEEDED, protocol.ERROR_DATA_REFUSED})
+REFUSAL_CODES = frozenset(
+    {protocol.ERROR_BUDGET_EXCEEDED, protocol.ERROR_DATA_REFUSED, protocol.ERROR_POLICY_REFUSED}
+)
 CLINIC_PREFIX = re.compile(r"^\[(?P<clinic>[^\]]+)\]\s*")
 
 
@@ -27,6 +30,7 @@ class ClinicResult:
     metrics: dict[str, float] = field(default_factory=dict)
     accountant: str | None = None
     reason: str | None = None
+    histogram: list[float] | None = None  # an evaluation's noisy score histogram
 
     @classmethod
     def from_reply(cls, msg: Message, phase: Phase) -> ClinicResult:
@@ -38,7 +42,12 @@ class ClinicResult:
             status: Status = "refused" if msg.error.code in REFUSAL_CODES else "failed"
             return cls(clinic, phase, status, reason=CLINIC_PREFIX.sub("", reason))
         identity = msg.content.config_records.get(protocol.REPLY_CLINIC)
-        metrics = next(iter(msg.content.metric_records.values()), {})
+        metrics = next(iter(msg.content.metric_records.values()), MetricRecord())
+        histogram = (
+            record_floats(metrics, protocol.EVAL_HISTOGRAM)
+            if protocol.EVAL_HISTOGRAM in metrics
+            else None
+        )
         return cls(
             clinic_id=str(identity[protocol.CLINIC_ID])
             if identity
@@ -46,9 +55,12 @@ class ClinicResult:
             phase=phase,
             status="ok",
             metrics={
-                key: float(value) for key, value in metrics.items() if not isinstance(value, list)
+                key: record_value(metrics, key, float)
+                for key, value in metrics.items()
+                if not isinstance(value, list)
             },
             accountant=str(identity[protocol.ACCOUNTANT]) if identity else None,
+            histogram=histogram,
         )
 
 
@@ -63,17 +75,21 @@ class RoundRecord:
             r for r in self.results if r.phase == phase and (status is None or r.status == status)
         ]
 
-    def weighted(self, phase: Phase, key: str) -> float | None:
-        """Example-weighted mean of a metric over the clinics that answered."""
-        pairs = [
-            (r.metrics[key], r.metrics[protocol.NUM_EXAMPLES])
-            for r in self.of(phase, "ok")
-            if key in r.metrics and math.isfinite(r.metrics[key])
+    def evaluation(self) -> EvaluationEstimate | None:
+        """Model quality from this round's noisy evaluation histograms (None: none came)."""
+        released = [
+            r
+            for r in self.of("evaluate", "ok")
+            if r.histogram and protocol.EVAL_NOISE_SCALE in r.metrics
         ]
-        total = sum(weight for _, weight in pairs)
-        return sum(value * weight for value, weight in pairs) / total if total else None
+        return estimate_evaluation(
+            [r.histogram for r in released if r.histogram],
+            [r.metrics[protocol.EVAL_NOISE_SCALE] for r in released],
+            seed=self.round,
+        )
 
     def summary(self) -> dict[str, Any]:
+        evaluation = self.evaluation()
         return {
             "round": self.round,
             "trained": [r.clinic_id for r in self.of("train", "ok")],
@@ -83,10 +99,10 @@ class RoundRecord:
             "failed": [
                 {"clinic": r.clinic_id, "reason": r.reason} for r in self.of("train", "failed")
             ],
-            "train_loss": self.weighted("train", protocol.TRAIN_LOSS),
-            "eval_loss": self.weighted("evaluate", protocol.EVAL_LOSS),
-            "eval_accuracy": self.weighted("evaluate", protocol.EVAL_ACCURACY),
-            "eval_auc": self.weighted("evaluate", protocol.EVAL_AUC),
+            # DP estimates from the clinics' noisy histograms (no exact metric is released)
+            "eval_auc": evaluation.auc if evaluation else None,
+            "eval_accuracy": evaluation.accuracy if evaluation else None,
+            "evaluation": evaluation.to_dict() if evaluation else None,
             "model_path": self.model_path,
             "clinics": [asdict(r) for r in self.results],
         }
@@ -100,4 +116,3 @@ class FederationHistory:
         if not self.rounds or self.rounds[-1].round != number:
             self.rounds.append(RoundRecord(number))
         return self.rounds[-1]
-

@@ -12,7 +12,7 @@ the CMS floor (11) is shown as suppressed, never as 0. Both floors can be raised
 them needs an explicit flag.
 
 The same :func:`run_query` drives a Flower Grid in the simulation and on a deployment
-(:func:`make_query_server_app`); :func:`answer_in_process` runs the very same clinic code
+(:func:`make_query_server_app`); ``oralfed.deploy.local_clinics`` runs the very same clinic code
 for clinics whose files and ledgers are on this host, without Flower (single-host pilots,
 the HTTP API's local back end, the accuracy benchmark).
 """
@@ -150,7 +150,13 @@ def combine(
     policy: SuppressionPolicy,
     rng: np.random.Generator | None = None,
 ) -> list[CellAnswer]:
-    """Combine the clinics' noisy parts cell by cell, applying both suppression floors."""
+    """Combine the clinics' noisy parts cell by cell, applying both suppression floors.
+
+    With no answers (every clinic refused, or none replied) every cell is suppressed: there
+    is nothing to combine, and the parts' shapes cannot even be inferred.
+    """
+    if not answers:
+        return [CellAnswer(group, True, []) for group in spec.cells()]
     rng = rng or np.random.default_rng()
     edges = spec.edges()
     n_bins = 0 if edges is None else len(edges) - 1

@@ -2,24 +2,43 @@
 
 Served by ``oralfed insights serve`` (FastAPI; the OpenAPI description is at
 ``/openapi.json`` and the interactive page at ``/docs``). Every token is created by the
-coordinator with its own ε cap (``oralfed insights token create``); only a salted scrypt
-hash of it is stored. The token's spend is the sum of the ε of the queries it asked (basic
-composition: an upper bound on what its answers reveal together), and a query that would
-pass the cap is refused before any clinic is asked. Every bad request (malformed JSON, an
-unknown column, a group-by on a continuous column, ε out of range, a missing or wrong
-token, an exhausted cap) gets a 4xx with a precise message and spends nothing. Requests
-and answers are logged, and each answer is recorded in the coordinator database.
+coordinator with its own ε cap, δ and accountant (``oralfed insights token create``); only
+a salted scrypt hash of its secret is stored.
+
+A token is charged the way a clinic's ledger is, because per-query ε values do not add up
+to the ε of their composition: the token keeps the history of the mechanisms its answers
+released, and its spend is ε of that whole history at the token's δ under the token's
+accountant (the clinics' default, PLD), recomputed every time. The event of an answered
+query is the clinics' own (:func:`privacy.mechanisms.calibrate`'s ``NoiseCalibration.event``
+with the noise multiplier the clinics report); when clinics added different amounts of
+noise, the least noisy one is charged, which bounds what the answer says about any patient,
+who is at one clinic. Before any clinic is asked, the query's event calibrated at its own δ
+with the token's accountant is added to the history; if that would pass the cap the query is
+refused with 409 and nothing is spent. A query that no clinic answered released nothing and
+spends nothing. The check, the query and the charge run under one lock: one API process per
+coordinator database.
+
+Every bad request (malformed JSON, an unknown column, a group-by on a continuous column, ε
+out of range, a missing or wrong token, a passed cap) gets a 4xx with a precise message and
+spends nothing. Requests and answers are logged, and each answer is recorded in the
+coordinator database.
+
+Habit effects are averaged over a synthetic reference population, or over a file the
+operator declared public (:mod:`server.model_insights`); a private file is refused when the
+app is built.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
 import logging
+import math
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -27,32 +46,49 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy import DateTime, Float, String, func, select
+from sqlalchemy import JSON, DateTime, Float, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 from starlette.concurrency import run_in_threadpool
 
-from oralfed.schemas.contract import PatientRecord
+from oralfed.privacy.accountants import (
+    DEFAULT_ACCOUNTANT,
+    UnsupportedEvent,
+    get_accountant,
+)
+from oralfed.privacy.events import PrivacyEvent, event_from_dict, event_to_dict
+from oralfed.privacy.mechanisms import NoiseCalibration, NoiseKind, calibrate, releases_for
 from oralfed.schemas.errors import ExitCode, OralFedError
 from oralfed.schemas.features import Task
 from oralfed.schemas.model import RiskModel, load_model
-from oralfed.schemas.query import QueryError, QuerySpec, parse_query
-from oralfed.server.coordinator_db import Base, CoordinatorStore, QueryRow, utcnow
+from oralfed.schemas.query import (
+    DEFAULT_QUERY_DELTA,
+    MAX_QUERY_DELTA,
+    QueryError,
+    QuerySpec,
+    parse_query,
+)
+from oralfed.server.coordinator_db import Base, CoordinatorStore, utcnow
 from oralfed.server.insights import InsightAnswer, QueryBackend, SuppressionPolicy, run_and_record
 from oralfed.server.model_insights import (
     ProfileError,
+    ReferencePopulation,
     habit_effects,
     predict_risk,
     profile_record,
     reference_population,
+    refuse_private_reference,
 )
 
 TOKEN_PREFIX = "ofi"
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+# ε comparisons tolerate float noise in the accountant's answer, no more.
+_CAP_SLACK = 1e-12
 log = logging.getLogger("oralfed.insights.api")
 
 
 class ApiTokenRow(Base):
-    """A researcher's API token: an id in clear, the secret only as a salted scrypt hash."""
+    """A researcher's API token: an id in clear, the secret only as a salted scrypt hash,
+    and the mechanisms its answers released (ε is recomputed from them, never stored)."""
 
     __tablename__ = "coordinator_api_tokens"
 
@@ -61,32 +97,72 @@ class ApiTokenRow(Base):
     salt: Mapped[str] = mapped_column(String(64))
     secret_hash: Mapped[str] = mapped_column(String(128))
     epsilon_cap: Mapped[float] = mapped_column(Float)
+    delta: Mapped[float] = mapped_column(Float)
+    accountant: Mapped[str] = mapped_column(String(20))
+    # [{"query_id": …, "event": privacy.events.event_to_dict(…)}], one per answered query
+    events: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class TokenError(OralFedError, ValueError):
-    """A token that cannot be created as asked (duplicate name, bad cap)."""
+    """A token that cannot be created as asked (duplicate name, bad cap, δ or accountant)."""
 
     exit_code = ExitCode.USAGE
 
 
 @dataclass(frozen=True)
 class TokenInfo:
+    """A token's budget and history as of one read; ε is a function of the history."""
+
+    token_id: str
     name: str
     epsilon_cap: float
-    epsilon_spent: float
+    delta: float
+    accountant: str
+    events: tuple[PrivacyEvent, ...]
+
+    def epsilon(self, extra: Sequence[PrivacyEvent] = ()) -> float:
+        """ε of the whole history (plus ``extra``) at the token's δ, by its accountant."""
+        return get_accountant(self.accountant).epsilon([*self.events, *extra], self.delta)
+
+    def status(self) -> dict[str, Any]:
+        spent = self.epsilon()
+        return {
+            "name": self.name,
+            "epsilon_cap": self.epsilon_cap,
+            "epsilon_spent": spent,
+            "epsilon_left": max(0.0, self.epsilon_cap - spent),
+            "delta": self.delta,
+            "accountant": self.accountant,
+            "queries_charged": len(self.events),
+        }
 
 
 def _hash_secret(secret: str, salt: str) -> str:
     return hashlib.scrypt(secret.encode(), salt=bytes.fromhex(salt), **_SCRYPT).hex()
 
 
-def create_token(store: CoordinatorStore, name: str, epsilon_cap: float) -> str:
-    """A new token for ``name`` with its own ε cap; the only time the secret is shown."""
+def create_token(
+    store: CoordinatorStore,
+    name: str,
+    epsilon_cap: float,
+    *,
+    delta: float = DEFAULT_QUERY_DELTA,
+    accountant: str = DEFAULT_ACCOUNTANT,
+) -> str:
+    """A new token for ``name`` with its own (ε cap, δ) and accountant; the only time the
+    secret is shown. δ defaults to the queries' default δ: at that δ one default query
+    costs the token exactly its ε, and many cost less than their sum."""
     if not name.strip():
         raise TokenError("a token name must not be empty")
-    if not epsilon_cap > 0:
-        raise TokenError(f"a token's epsilon cap must be positive, got {epsilon_cap}")
+    if not (math.isfinite(epsilon_cap) and epsilon_cap > 0):
+        raise TokenError(f"a token's epsilon cap must be a positive number, got {epsilon_cap}")
+    if not 0 < delta <= MAX_QUERY_DELTA:
+        raise TokenError(f"a token's delta must be in (0, {MAX_QUERY_DELTA:g}], got {delta:g}")
+    try:
+        get_accountant(accountant)
+    except ValueError as error:
+        raise TokenError(f"a token's accountant: {error}") from None
     token_id, secret, salt = secrets.token_hex(8), secrets.token_urlsafe(32), secrets.token_hex(16)
     with Session(store.engine) as session, session.begin():
         if session.scalar(select(ApiTokenRow).where(ApiTokenRow.name == name)) is not None:
@@ -98,6 +174,9 @@ def create_token(store: CoordinatorStore, name: str, epsilon_cap: float) -> str:
                 salt=salt,
                 secret_hash=_hash_secret(secret, salt),
                 epsilon_cap=epsilon_cap,
+                delta=delta,
+                accountant=accountant,
+                events=[],
             )
         )
     return f"{TOKEN_PREFIX}_{token_id}.{secret}"
@@ -114,12 +193,58 @@ def authenticate(store: CoordinatorStore, authorization: str | None) -> TokenInf
         row = session.get(ApiTokenRow, token_id)
         if row is None or not hmac.compare_digest(row.secret_hash, _hash_secret(secret, row.salt)):
             return None
-        spent = session.scalar(
-            select(func.coalesce(func.sum(QueryRow.epsilon), 0.0)).where(
-                QueryRow.requester == row.name
-            )
-        )
-        return TokenInfo(row.name, row.epsilon_cap, float(spent or 0.0))
+        return _token_info(row)
+
+
+def load_token(store: CoordinatorStore, token_id: str) -> TokenInfo:
+    """An already authenticated token as it is now (its history may have grown)."""
+    with Session(store.engine) as session:
+        row = session.get(ApiTokenRow, token_id)
+        if row is None:
+            raise LookupError(f"no API token {token_id!r}")
+        return _token_info(row)
+
+
+def _token_info(row: ApiTokenRow) -> TokenInfo:
+    return TokenInfo(
+        row.token_id,
+        row.name,
+        row.epsilon_cap,
+        row.delta,
+        row.accountant,
+        tuple(event_from_dict(entry["event"]) for entry in row.events),
+    )
+
+
+def expected_event(spec: QuerySpec, accountant: str) -> PrivacyEvent:
+    """What a clinic will release for ``spec`` if it calibrates at the query's own δ with
+    ``accountant``: a clinic at a smaller δ adds more noise, never less."""
+    return calibrate(
+        spec.mechanism.value, spec.epsilon, spec.delta, releases_for(spec.statistic), accountant
+    ).event
+
+
+def released_event(answer: InsightAnswer) -> PrivacyEvent | None:
+    """The least noisy of the answering clinics' releases; None when no clinic answered."""
+    if not answer.participants:
+        return None
+    return NoiseCalibration(
+        NoiseKind(answer.spec.mechanism.value),
+        min(float(p["noise_multiplier"]) for p in answer.participants),
+        releases_for(answer.spec.statistic),
+    ).event
+
+
+def charge_token(
+    store: CoordinatorStore, token_id: str, query_id: str, event: PrivacyEvent
+) -> None:
+    """Append an answered query's event to the token's history (locking its row where the
+    database can)."""
+    with Session(store.engine) as session, session.begin():
+        row = session.scalars(
+            select(ApiTokenRow).where(ApiTokenRow.token_id == token_id).with_for_update()
+        ).one()
+        row.events = [*row.events, {"query_id": query_id, "event": event_to_dict(event)}]
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -143,8 +268,14 @@ def create_app(
     max_cells: int | None = None,
     model_path: Path | None = None,
     reference: Path | None = None,
+    reference_is_public: bool = False,
 ) -> FastAPI:
-    """The API over a query back end (e.g. :func:`server.insights.answer_in_process`)."""
+    """The API over a query back end (e.g. :func:`deploy.local_clinics.answer_in_process`).
+
+    ``reference`` is a file for habit effects that the operator declares public with
+    ``reference_is_public``; without the declaration it is refused here, before serving.
+    """
+    refuse_private_reference(reference, reference_is_public)
     policy = policy or SuppressionPolicy()
     app = FastAPI(
         title="OralFed insights API",
@@ -153,12 +284,16 @@ def create_app(
     )
     budget_lock = threading.Lock()
     loaded = load_model(model_path)[:2] if model_path is not None else None
-    population: list[PatientRecord] = []  # the reference, loaded on first use
+
+    @functools.cache
+    def population() -> ReferencePopulation:
+        """Loaded on first use: a server without --model never needs it."""
+        return reference_population(reference, declared_public=reference_is_public)
 
     def require_model() -> tuple[RiskModel, Task]:
         if loaded is None:
             raise _BadRequest(404, "this server was started without --model")
-        return loaded  # check the token's cap, answer and record as one step
+        return loaded
 
     async def json_body(request: Request) -> dict[str, Any]:
         raw = await request.body()
@@ -191,26 +326,35 @@ def create_app(
         log.info("%s %s -> %s", request.method, request.url.path, response.status_code)
         return response
 
-    def answer_within_cap(request: Request, spec: QuerySpec) -> InsightAnswer:
+    def answer_within_cap(
+        authenticated: TokenInfo, spec: QuerySpec
+    ) -> tuple[InsightAnswer, TokenInfo]:
+        """Check the cap, answer, charge: one step under the lock, so two requests of one
+        token cannot both pass a check that only one of them fits."""
         with budget_lock:
-            token = holder(request)  # re-read under the lock: the spend may have moved
-            if token.epsilon_spent + spec.epsilon > token.epsilon_cap + 1e-12:
+            token = load_token(store, authenticated.token_id)  # the history may have grown
+            try:
+                spent = token.epsilon()
+                would_spend = token.epsilon([expected_event(spec, token.accountant)])
+            except UnsupportedEvent as error:
+                raise _BadRequest(400, f"token {token.name!r}: {error}") from None
+            if would_spend > token.epsilon_cap + _CAP_SLACK:
                 raise _BadRequest(
-                    403,
-                    f"token budget exhausted: {token.name!r} has spent ε={token.epsilon_spent:g}"
-                    f" of its cap {token.epsilon_cap:g}; this query asks for ε={spec.epsilon:g}",
+                    409,
+                    f"token budget: this query would bring {token.name!r} to ε="
+                    f"{would_spend:.4g} > cap {token.epsilon_cap:g} (δ={token.delta:g}, "
+                    f"accountant {token.accountant}); spent so far ε={spent:.4g}. "
+                    "Nothing was spent.",
                 )
-            return run_and_record(lambda: run_query(spec, policy, token.name), coordinator_db)
+            answer = run_and_record(lambda: run_query(spec, policy, token.name), coordinator_db)
+            event = released_event(answer)
+            if event is not None:
+                charge_token(store, token.token_id, answer.query_id, event)
+            return answer, load_token(store, token.token_id)
 
-    @app.get("/v1/token", summary="The calling token's ε cap and spend")
+    @app.get("/v1/token", summary="The calling token's ε cap, δ and spend")
     def token_status(request: Request) -> dict[str, Any]:
-        token = holder(request)
-        return {
-            "name": token.name,
-            "epsilon_cap": token.epsilon_cap,
-            "epsilon_spent": token.epsilon_spent,
-            "epsilon_left": max(0.0, token.epsilon_cap - token.epsilon_spent),
-        }
+        return holder(request).status()
 
     @app.post(
         "/v1/queries",
@@ -225,13 +369,13 @@ def create_app(
         except QueryError as error:
             raise _BadRequest(400, str(error)) from None
         log.info("query from %s: %s", token.name, json.dumps(data, sort_keys=True))
-        answer = await run_in_threadpool(answer_within_cap, request, spec)
+        answer, charged = await run_in_threadpool(answer_within_cap, token, spec)
         if not answer.participants:
             reasons = "; ".join(r["reason"] for r in answer.refusals) or "no clinic connected"
-            raise _BadRequest(409, f"no clinic answered: {reasons}")
+            raise _BadRequest(409, f"no clinic answered (nothing was spent): {reasons}")
         result = answer.to_dict()
         log.info("answer %s to %s: %s", answer.query_id, token.name, json.dumps(result))
-        return result
+        return {**result, "token": charged.status()}
 
     @app.post("/v1/risk", summary="Predicted risk for a habit profile (no privacy cost)")
     async def risk(request: Request) -> dict[str, Any]:
@@ -243,16 +387,19 @@ def create_app(
             raise _BadRequest(400, str(error)) from None
         return {"task": task.value, "risk": float(predict_risk(model, [record])[0])}
 
-    @app.get("/v1/effects", summary="Average effect of each habit on predicted risk")
+    @app.get(
+        "/v1/effects",
+        summary="Average effect of each habit on predicted risk, over a synthetic or public "
+        "reference population",
+    )
     def effects(request: Request) -> dict[str, Any]:
         holder(request)
         model, task = require_model()
-        if not population:
-            population.extend(reference_population(reference))
+        reference_patients = population()
         return {
             "task": task.value,
-            "reference_patients": len(population),
-            "effects": [e.to_dict() for e in habit_effects(model, population)],
+            "reference": reference_patients.describe(),
+            "effects": [e.to_dict() for e in habit_effects(model, reference_patients.records)],
         }
 
     return app

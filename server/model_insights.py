@@ -1,8 +1,16 @@
 """What a saved global model says: risk for a habit profile and the effect of each habit.
 
-Everything here is computed from the model's weights and a reference population the user
-holds (or synthetic data); no clinic is asked, so there is no new privacy cost (the model
-itself was paid for when it was trained, and post-processing a DP output stays DP).
+Everything here is computed from the model's weights and a reference population that is
+synthetic or public; no clinic is asked, so there is no new privacy cost (the model itself
+was paid for when it was trained, and post-processing a DP output stays DP).
+
+The reference population is never a private file. Habit effects are exact means of the
+model's predictions over the reference patients, and their number is part of the answer:
+over a clinic's own file, two answers whose files differ by one patient give that patient's
+predicted risk (and the count says the patient is there). So the only built-in reference is
+a seeded synthetic population from :mod:`oralfed.schemas.synthetic` (documented in
+``docs/data.md``); a file is used only when the operator declares it public (a published
+survey extract, say), and every answer says which reference it used and how large it is.
 
 An effect is the model's *average predicted* change when one habit changes and everything
 else about each reference patient stays as it is (e.g. brushing 1 → 2 a day). It is
@@ -14,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +56,8 @@ DEFAULT_PROFILE: dict[str, Any] = {
     "consent_tier": "statistics",
 }
 SYNTHETIC_REFERENCE_CLINICS = 3
+DEFAULT_REFERENCE_SEED = 7
+PUBLIC_DECLARATION = "declared public by the operator"
 
 
 @dataclass(frozen=True)
@@ -114,23 +125,95 @@ def predict_risk(model: RiskModel, records: Sequence[PatientRecord]) -> np.ndarr
     return model.predict_proba(encode_features(records))
 
 
-def reference_population(path: Path | None = None, seed: int = 7) -> list[PatientRecord]:
-    """The user's contract file (rows that consented to statistics), or synthetic patients."""
+class ReferenceKind(StrEnum):
+    SYNTHETIC = "synthetic"
+    PUBLIC = "public"
+
+
+class PrivateReferenceError(OralFedError, ValueError):
+    """A reference file the operator has not declared public; nothing was read from it."""
+
+    exit_code = ExitCode.INVALID_QUERY
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(
+            f"{path}: not used as a reference population unless it is declared public. "
+            "Habit effects are exact means over the reference patients and say how many "
+            "there are, so over a private file two answers differing by one patient give "
+            "that patient's predicted risk. Use the synthetic reference, or declare the "
+            "file public if it is public data (e.g. a published survey extract)."
+        )
+        self.path = path
+
+
+@dataclass(frozen=True)
+class ReferencePopulation:
+    """The patients effects are averaged over, and where they come from (never private)."""
+
+    records: tuple[PatientRecord, ...]
+    kind: ReferenceKind
+    source: str
+
+    def describe(self) -> dict[str, Any]:
+        """What an answer says about its reference; its size is safe to show because the
+        population is synthetic or declared public."""
+        described: dict[str, Any] = {
+            "kind": self.kind.value,
+            "source": self.source,
+            "patients": len(self.records),
+        }
+        if self.kind is ReferenceKind.PUBLIC:
+            described["declaration"] = PUBLIC_DECLARATION
+        return described
+
+    def label(self) -> str:
+        """One line for a table title, e.g. '1234 synthetic reference patients (…)'."""
+        where = self.source
+        if self.kind is ReferenceKind.PUBLIC:
+            where += f", {PUBLIC_DECLARATION}"
+        return f"{len(self.records)} {self.kind.value} reference patients ({where})"
+
+
+def refuse_private_reference(path: Path | None, declared_public: bool) -> None:
+    """Raise :class:`PrivateReferenceError` for a file without the operator's declaration.
+
+    Separate from loading so a server can refuse at start, before anyone asks.
+    """
+    if path is not None and not declared_public:
+        raise PrivateReferenceError(path)
+
+
+def reference_population(
+    path: Path | None = None,
+    *,
+    declared_public: bool = False,
+    seed: int = DEFAULT_REFERENCE_SEED,
+) -> ReferencePopulation:
+    """The synthetic reference (``path`` None), or a contract file declared public.
+
+    A declared-public file contributes its statistics- and research-tier rows, as a clinic
+    file would: the declaration is the operator's, the consent tiers still stand.
+    """
+    refuse_private_reference(path, declared_public)
     if path is not None:
         result = import_file(path)
-        records = [r for r in result.accepted if r.consent_tier.allows_statistics]
+        records = tuple(r for r in result.accepted if r.consent_tier.allows_statistics)
         if not records:
             raise ContractError(
                 f"{path}: no accepted statistics- or research-tier rows to use as a reference"
             )
-        return records
-    records = []
+        return ReferencePopulation(records, ReferenceKind.PUBLIC, str(path))
+    synthetic = []
     for profile in clinic_profiles(SYNTHETIC_REFERENCE_CLINICS, seed):
         for row in synthesize_clinic(profile, seed):
             record, _ = validate_row(row)
             if record is not None:
-                records.append(record)
-    return records
+                synthetic.append(record)
+    return ReferencePopulation(
+        tuple(synthetic),
+        ReferenceKind.SYNTHETIC,
+        f"oralfed.schemas.synthetic: {SYNTHETIC_REFERENCE_CLINICS} clinics, seed {seed}",
+    )
 
 
 def habit_effects(

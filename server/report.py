@@ -61,6 +61,7 @@ def build_run_report(
     coordinator itself holds no data to train them.
     """
     privacy = clinic_privacy(rounds)
+    evaluated = [summary["evaluation"] for summary in rounds if summary.get("evaluation")]
     return {
         "run_id": run_id,
         "status": status,
@@ -68,6 +69,13 @@ def build_run_report(
         "settings": settings,
         # Every clinic trains with the engine its train config names, or refuses the round.
         "dp_engine": settings.get("dp_engine"),
+        # Federated evaluation is a DP release at the clinics (noisy score histograms, charged
+        # to their ledgers): these are estimates with their noise, never exact metrics.
+        "evaluation": {
+            "kind": "differentially private, at the clinics",
+            "epsilon_per_evaluation": settings.get("eval_epsilon"),
+            "final": evaluated[-1] if evaluated else None,
+        },
         "clinics": [{"clinic": clinic_id, **privacy[clinic_id]} for clinic_id in sorted(privacy)],
         "rounds": rounds,
     }

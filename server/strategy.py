@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
@@ -67,6 +67,9 @@ class RecordingMixin:
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        """Only in the run's evaluation rounds: each evaluation is a charged release."""
+        if server_round not in self.settings.evaluation_rounds():
+            return []
         nodes = self._connected_nodes(server_round, grid)
         self.sampled[(server_round, "evaluate")] = nodes.node_ids
         return super().configure_evaluate(server_round, arrays, config, cast(Grid, nodes))  # type: ignore[misc]
@@ -123,12 +126,15 @@ class RecordingMixin:
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        replies = list(replies)
-        record = self._record_replies(server_round, "evaluate", replies)
-        metrics = super().aggregate_evaluate(server_round, replies)  # type: ignore[misc]
+        """Record the clinics' noisy histograms; the estimate is post-processing of them
+        (``oralfed.server.evaluation``), not an average of exact metrics."""
+        record = self._record_replies(server_round, "evaluate", list(replies))
         if self.on_round_end is not None:
             self.on_round_end(record)
-        return metrics
+        estimate = record.evaluation()
+        if estimate is None or estimate.auc is None or estimate.accuracy is None:
+            return None
+        return MetricRecord({"eval-auc": estimate.auc, "eval-accuracy": estimate.accuracy})
 
     def _save_round_model(self, server_round: int, arrays: ArrayRecord) -> Path:
         assert self.settings.out_dir is not None
@@ -150,8 +156,9 @@ class RecordingFedProx(RecordingMixin, FedProx):
 def make_strategy(
     settings: FederationSettings, history: FederationHistory, on_round_end: RoundCallback | None
 ) -> FedAvg:
-    """FedAvg or FedProx weighted by examples, every connected clinic in every round."""
-    common = {
+    """FedAvg or FedProx weighted by the clinics' public sizes (``num-examples``: declared,
+    or a charged DP estimate), every connected clinic in every round."""
+    common: dict[str, Any] = {  # Any: Flower's keyword types differ per argument
         "fraction_train": 1.0,
         "fraction_evaluate": 1.0,
         "min_train_nodes": settings.min_clinics,

@@ -43,10 +43,12 @@ def test_verify_prints_the_head_and_passes(capsys, clinic: Path) -> None:
     result = json.loads(out)
     assert code == 0
     assert (result["verified"], result["entries"], result["head_seq"]) == (True, 3, 3)
+    assert result["ledger_checked"] is True
     code, out, _ = run(
         capsys, "verify", "--state-dir", str(clinic), "--expect-head", result["head_hash"]
     )
     assert code == 0 and "VERIFIED" in out and result["head_hash"] in out
+    assert "the ledger's rows match them" in out
 
 
 def tamper(clinic: Path, tmp_path: Path, sql: str) -> Path:
@@ -78,7 +80,10 @@ def test_ledger_charge_deleted_behind_a_valid_log_exits_1(capsys, clinic, tmp_pa
     copy = tamper(clinic, tmp_path, "DELETE FROM ledger_charges WHERE id = 2")
     code, out, err = run(capsys, "verify", "--state-dir", str(copy))
     assert code == ExitCode.VERIFICATION_FAILED and "VERIFIED:" not in out
-    assert "ledger-mismatch: ledger charge 2 was audited but is missing" in err
+    assert (
+        "entry 3 (position 3): ledger-mismatch: ledger charge 2 was audited but is missing" in err
+    )
+    assert "and the ledger's rows beside them" in err
 
 
 def test_export_then_verify_the_file_with_the_nodes_key(capsys, clinic, tmp_path) -> None:
@@ -149,13 +154,35 @@ def test_budget_by_round_json_and_plot(capsys, clinic: Path, tmp_path: Path) -> 
         capsys, "budget", "--state-dir", str(clinic), "--by-round", "--json", "--plot", str(plot)
     )
     assert code == 0
-    (report,) = json.loads(out)
+    document = json.loads(out)
+    assert document["verification"]["verified"] is True
+    assert document["verification"]["ledger_checked"] is True
+    (report,) = document["datasets"]
     assert report["dataset_id"] == "clinic-01" and report["accountant"] == "pld"
     assert [row["round"] for row in report["by_charge"]] == [1, 2]
     assert report["epsilon_spent"] == report["by_charge"][-1]["epsilon"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     code, out, _ = run(capsys, "budget", "--state-dir", str(clinic), "--by-round")
     assert code == 0 and "ε spent" in out and "cumulative ε after each charge" in out
+    assert "checked against the signed audit log (3 entries" in out
+
+
+def test_budget_of_a_ledger_edited_behind_its_log_exits_1(capsys, clinic, tmp_path) -> None:
+    """The figures of an edited ledger are shown under its failures, never as verified, and
+    no chart of them is drawn."""
+    copy = tamper(clinic, tmp_path, "UPDATE ledger_datasets SET delta = 0.5")
+    plot = tmp_path / "budget.png"
+    code, out, err = run(capsys, "budget", "--state-dir", str(copy), "--plot", str(plot))
+    assert code == ExitCode.VERIFICATION_FAILED
+    assert "NOT VERIFIED" in err and "checked against the signed audit log" not in out
+    assert "ledger data set 'clinic-01' has delta 0.5 where this entry set 1e-05" in err
+    assert "not what its signed log supports" in err and "ε spent" in out
+    assert not plot.exists() and "budget.png not written" in err
+    code, out, _ = run(capsys, "budget", "--state-dir", str(copy), "--json")
+    document = json.loads(out)
+    assert code == ExitCode.VERIFICATION_FAILED
+    assert document["verification"]["verified"] is False
+    assert document["datasets"][0]["epsilon_spent"] == 0.0
 
 
 def test_budget_bad_input(capsys, clinic: Path, tmp_path: Path) -> None:
@@ -185,9 +212,10 @@ def test_empirical_audit_reports_both_bounds(capsys) -> None:
     )
     result = json.loads(out)
     assert code == 0
-    assert (result["canaries"], result["guesses"], result["accountant"]) == (20, 10, "rdp")
+    assert (result["canaries"], result["guesses"], result["accountant"]) == (20, 5, "rdp")
     assert 0 <= result["epsilon_lower_bound"] < result["epsilon_accounted"]
-    assert result["consistent"] is True
+    # 5 guesses can never prove the accounted ε: inconclusive, which is not a failure
+    assert result["verdict"] == "inconclusive" and result["consistent"] is False
 
 
 @pytest.mark.parametrize(
@@ -196,8 +224,8 @@ def test_empirical_audit_reports_both_bounds(capsys) -> None:
         (["--delta", "0"], "--delta must be between 0 and 1", ExitCode.USAGE),
         (["--delta", "1"], "--delta must be between 0 and 1", ExitCode.USAGE),
         (
-            ["--canaries", "10", "--guesses", "6"],
-            "--guesses must be between 1 and half",
+            ["--canaries", "10", "--guesses", "11"],
+            "--guesses must be between 1 and the canaries",
             ExitCode.USAGE,
         ),
         (

@@ -19,7 +19,8 @@ class PrvAccountant(Accountant):
     """Numerical composition of privacy random variables (Gopi et al. 2021), via Opacus.
 
     Opacus models only Poisson-subsampled Gaussian steps; a Gaussian release is the same
-    mechanism with sample rate 1. The Laplace mechanism is not supported.
+    mechanism with sample rate 1. The Laplace mechanism and the discrete mechanisms are not
+    supported.
     """
 
     name: ClassVar[str] = "prv"
@@ -43,5 +44,5 @@ def _history_entry(event: PrivacyEvent) -> tuple[float, float, int]:
         return (event.noise_multiplier, 1.0, event.count)
     raise UnsupportedEvent(
         f"the prv accountant handles only DP-SGD and Gaussian events, not {event!r}; "
-        "use the pld or rdp accountant for histories with Laplace releases"
+        "use the pld or rdp accountant for histories with Laplace or discrete releases"
     )

@@ -19,7 +19,7 @@ def toy_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def plan(**changes: object) -> DpRoundPlan:
     """A DP round plan with test defaults; keyword arguments override them."""
     arguments: dict[str, object] = dict(
-        n_train=1000,
+        public_size=1000,
         batch_size=64,
         local_epochs=2,
         learning_rate=0.1,

@@ -7,6 +7,7 @@ with each is the chance that a correct implementation fails it with a random see
 from __future__ import annotations
 
 import copy
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,8 +22,9 @@ from torch import nn
 
 from oralfed.client.app import handle_train
 from oralfed.client.dp_engines import DP_ENGINES, DpEngine, FastDpEngine, get_dp_engine
-from oralfed.client.dp_fast import GhostClipping, expected_batch_size, poisson_batches
-from oralfed.client.training import TrainingConfigError, evaluate
+from oralfed.client.dp_fast import GhostClipping
+from oralfed.client.secure_random import DpRandom
+from oralfed.client.training import DpRoundPlan, TrainingConfigError, evaluate
 from oralfed.privacy.events import DpSgdEvent
 from oralfed.privacy.ledger import PrivacyLedger
 from oralfed.schemas import protocol
@@ -84,22 +86,26 @@ def opacus_private_gradient(
     labels: torch.Tensor,
     clip_norm: float,
     noise_multiplier: float,
-    divisor: int,
-    generator: torch.Generator,
+    divisor: float,
+    rng: DpRandom,
 ) -> list[torch.Tensor]:
-    """Opacus's hooks mode: per-sample gradients, ``DPOptimizer.pre_step`` (clip, sum, noise,
-    divide by the expected batch size)."""
+    """Opacus's hooks mode: per-sample gradients, ``DPOptimizer.pre_step`` (clip, sum, divide
+    by the expected batch size), plus Opacus's noise of std σ·C per parameter in
+    ``model.parameters()`` order, drawn from ``rng`` and divided by the same."""
     private = GradSampleModule(model)  # grad_sample_mode="hooks", loss_reduction="mean"
     optimizer = DPOptimizer(
         torch.optim.SGD(model.parameters(), lr=0.0),
-        noise_multiplier=noise_multiplier,
+        noise_multiplier=0.0,
         max_grad_norm=clip_norm,
         expected_batch_size=divisor,
-        generator=generator,
     )
     nn.BCEWithLogitsLoss()(private(features), labels).backward()
     optimizer.pre_step()
-    grads = [p.grad.detach().clone() for p in model.parameters()]  # type: ignore[union-attr]
+    grads = []
+    for parameter in model.parameters():
+        assert parameter.grad is not None
+        noise = rng.normal_like(parameter, noise_multiplier * clip_norm)
+        grads.append(parameter.grad.detach() + noise / divisor)
     private._close()
     return grads
 
@@ -110,12 +116,12 @@ def fast_private_gradient(
     labels: torch.Tensor,
     clip_norm: float,
     noise_multiplier: float,
-    divisor: int,
-    generator: torch.Generator,
+    divisor: float,
+    rng: DpRandom,
 ) -> list[torch.Tensor]:
     clipping = GhostClipping(model)
     clipping.private_gradient(
-        features, labels, clip_norm, noise_multiplier * clip_norm, divisor, generator
+        features, labels, clip_norm, noise_multiplier * clip_norm, divisor, rng
     )
     clipping.detach()
     return [p.grad.detach().clone() for p in model.parameters()]  # type: ignore[union-attr]
@@ -146,7 +152,7 @@ def test_private_gradient_equals_opacus_hooks_mode(
         clip_norm,
         noise_multiplier,
         40,
-        torch.Generator().manual_seed(5),
+        DpRandom.from_seed(5),
     )
     reference = opacus_private_gradient(
         copy.deepcopy(model),
@@ -155,7 +161,7 @@ def test_private_gradient_equals_opacus_hooks_mode(
         clip_norm,
         noise_multiplier,
         40,
-        torch.Generator().manual_seed(5),
+        DpRandom.from_seed(5),
     )
     assert_relative_close(ours, reference)
 
@@ -165,9 +171,9 @@ def test_gradients_differ_when_clipping_is_wrong() -> None:
     x, y = toy_data(48, seed=3)
     features, labels = torch.from_numpy(x * 3.0), torch.from_numpy(y)
     model = build_model(seed=11)
-    generator = torch.Generator()
-    ours = fast_private_gradient(copy.deepcopy(model), features, labels, 0.5, 0.0, 40, generator)
-    reference = opacus_private_gradient(model, features, labels, 0.6, 0.0, 40, generator)
+    rng = DpRandom.from_seed(0)
+    ours = fast_private_gradient(copy.deepcopy(model), features, labels, 0.5, 0.0, 40, rng)
+    reference = opacus_private_gradient(model, features, labels, 0.6, 0.0, 40, rng)
     with pytest.raises(AssertionError):
         assert_relative_close(ours, reference)
 
@@ -184,14 +190,14 @@ def test_noise_has_the_stated_standard_deviation() -> None:
         [
             g.flatten()
             for g in fast_private_gradient(
-                model, features, labels, clip_norm, 0.0, divisor, torch.Generator()
+                model, features, labels, clip_norm, 0.0, divisor, DpRandom.from_seed(0)
             )
         ]
     )
-    generator = torch.Generator().manual_seed(9)
+    rng = DpRandom.from_seed(9)
     samples = []
     for _ in range(40):
-        noisy = fast_private_gradient(model, features, labels, clip_norm, sigma, divisor, generator)
+        noisy = fast_private_gradient(model, features, labels, clip_norm, sigma, divisor, rng)
         samples.append((torch.cat([g.flatten() for g in noisy]) - clean) * divisor)
     noise = (torch.cat(samples) / (sigma * clip_norm)).double().numpy()
     count = len(noise)
@@ -211,10 +217,9 @@ def test_poisson_batches_follow_binomial_and_sample_every_record_at_rate_q(
     to Binomial(T, q) (independent across records), each at p < 1e-6. ``draws_per_step=3``
     makes nearly every batch take the path that draws more gaps."""
     n, q, draws = 400, 0.03, 4000
-    generator = torch.Generator().manual_seed(21)
     sizes = np.zeros(draws, dtype=np.int64)
     counts = np.zeros(n, dtype=np.int64)
-    batches = poisson_batches(n, q, draws, generator, draws_per_step=draws_per_step)
+    batches = DpRandom.from_seed(21).poisson_batches(n, q, draws, draws_per_step=draws_per_step)
     for step, tensor in enumerate(batches):
         batch = tensor.numpy()
         assert batch.min(initial=0) >= 0 and batch.max(initial=0) < n
@@ -235,18 +240,80 @@ def test_poisson_batches_follow_binomial_and_sample_every_record_at_rate_q(
 
 
 def test_poisson_sampling_takes_everyone_at_rate_one() -> None:
-    batches = list(poisson_batches(7, 1.0, 2, torch.Generator()))
+    batches = list(DpRandom.from_seed(0).poisson_batches(7, 1.0, 2))
     assert [b.tolist() for b in batches] == [list(range(7))] * 2
 
 
-def test_divisor_is_opacus_expected_batch_size() -> None:
-    result = plan(n_train=1000, batch_size=64)
-    assert expected_batch_size(1000, result.sample_rate) == int(1000 * (1 / 16)) == 62
+def recorded_training(
+    name: str, round_plan: DpRoundPlan, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[list[int]], list[torch.Tensor], torch.Tensor]:
+    """Train engine ``name`` on 300 toy rows; return the Poisson batches and the noise
+    tensors it drew from its :class:`DpRandom`, in order, and the trained weights."""
+    batches: list[list[int]] = []
+    noise: list[torch.Tensor] = []
+    poisson_batches, normal_like = DpRandom.poisson_batches, DpRandom.normal_like
+
+    def recording_batches(rng: DpRandom, *args: object, **kwargs: object) -> Iterator[torch.Tensor]:
+        for batch in poisson_batches(rng, *args, **kwargs):  # type: ignore[arg-type]
+            batches.append(batch.tolist())
+            yield batch
+
+    def recording_noise(rng: DpRandom, tensor: torch.Tensor, std: float) -> torch.Tensor:
+        noise.append(normal_like(rng, tensor, std))
+        return noise[-1].clone()
+
+    x, y = toy_data(300)
+    model = build_model(seed=8)
+    with monkeypatch.context() as patch:
+        patch.setattr(DpRandom, "poisson_batches", recording_batches)
+        patch.setattr(DpRandom, "normal_like", recording_noise)
+        get_dp_engine(name).train(model, x, y, round_plan, seed=seed)
+    return batches, noise, flat_weights(model)
+
+
+def flat_weights(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_one_seed_gives_both_engines_the_same_batches_noise_and_model(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Both engines draw from :class:`DpRandom` in one order, so one seed gives them the same
+    batches and noise (the fast engine draws it pre-divided by E) and, up to rounding, the
+    same model. E is the plan's q·N = 40 for this public size; make_private's own rule,
+    int(rows / len(loader)) = int(300 / 8) = 37, would make the models differ."""
+    round_plan = plan(public_size=320, batch_size=40, local_epochs=2)
+    assert round_plan.expected_batch_size == 40 and round_plan.steps == 16
+    fast_batches, fast_noise, fast_model = recorded_training("fast", round_plan, 7, monkeypatch)
+    batches, noise, model = recorded_training("opacus", round_plan, 7, monkeypatch)
+    assert fast_batches == batches and len(batches) == round_plan.steps
+    assert len(fast_noise) == len(noise) == round_plan.steps * len(list(build_model().parameters()))
+    for fast_draw, draw in zip(fast_noise, noise, strict=True):
+        torch.testing.assert_close(fast_draw * 40, draw)
+    update = float((fast_model - flat_weights(build_model(seed=8))).norm())
+    assert float((fast_model - model).norm()) < 1e-4 * update  # seen: below 2e-7
+
+
+@pytest.mark.parametrize("name", list(DpEngineName))
+@pytest.mark.parametrize("bit", [40, 70])
+def test_seeds_that_differ_only_above_bit_32_or_64_give_other_batches_and_noise(
+    name: str, bit: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch's generator kept the low 32 bits of a seed, so seeds s and s + 2**40 trained the
+    same model: a search over 2**32 seeds found the noise. Now every key bit counts."""
+    round_plan = plan(public_size=300, local_epochs=1)
+    batches, noise, model = recorded_training(name, round_plan, 123_456_789, monkeypatch)
+    other_batches, other_noise, other_model = recorded_training(
+        name, round_plan, 123_456_789 + 2**bit, monkeypatch
+    )
+    assert batches != other_batches
+    assert not any(torch.equal(a, b) for a, b in zip(noise, other_noise, strict=True))
+    assert not torch.allclose(model, other_model)
 
 
 def test_both_engines_spend_exactly_the_charged_plan(tmp_path: Path) -> None:
     x, y = toy_data(600)
-    round_plan = plan(n_train=600, batch_size=50, local_epochs=2)
+    round_plan = plan(public_size=600, batch_size=50, local_epochs=2)
     epsilons = []
     for name in DpEngineName:
         result = get_dp_engine(name).train(build_model(seed=1), x, y, round_plan, seed=3)
@@ -266,7 +333,7 @@ def test_an_engine_that_strays_from_the_plan_withholds_the_update() -> None:
 
     x, y = toy_data(100)
     with pytest.raises(RuntimeError, match="withheld"):
-        Sloppy().train(build_model(seed=1), x, y, plan(n_train=100), seed=1)
+        Sloppy().train(build_model(seed=1), x, y, plan(public_size=100), seed=1)
 
 
 def test_fast_engine_learns() -> None:
@@ -274,7 +341,7 @@ def test_fast_engine_learns() -> None:
     model = build_model(seed=1)
     before = evaluate(model, x, y)
     result = FastDpEngine().train(
-        model, x, y, plan(n_train=2000, noise_multiplier=0.8, local_epochs=3), seed=1
+        model, x, y, plan(public_size=2000, noise_multiplier=0.8, local_epochs=3), seed=1
     )
     after = evaluate(model, x, y)
     assert before.auc is not None and after.auc is not None
@@ -288,7 +355,7 @@ def test_fast_engine_applies_the_fedprox_pull() -> None:
 
     def distance_after(mu: float) -> float:
         model = copy.deepcopy(start)
-        FastDpEngine().train(model, x, y, plan(n_train=500, proximal_mu=mu), seed=4)
+        FastDpEngine().train(model, x, y, plan(public_size=500, proximal_mu=mu), seed=4)
         return sum(
             float((p - q).detach().pow(2).sum())
             for p, q in zip(model.parameters(), start.parameters(), strict=True)
@@ -298,17 +365,29 @@ def test_fast_engine_applies_the_fedprox_pull() -> None:
 
 
 @pytest.mark.parametrize("engine", [FastDpEngine(), get_dp_engine("opacus")])
-def test_seeded_runs_repeat_and_unseeded_runs_use_a_secret_seed(engine: DpEngine) -> None:
+def test_seeded_runs_repeat_and_unseeded_runs_use_a_secret_seed(
+    engine: DpEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    requested: list[int] = []
+    system_randbits = secrets.randbits
+
+    def recording_randbits(bits: int) -> int:
+        requested.append(bits)
+        return system_randbits(bits)
+
+    monkeypatch.setattr(secrets, "randbits", recording_randbits)
     x, y = toy_data(300)
-    round_plan = plan(n_train=300, local_epochs=1)
+    round_plan = plan(public_size=300, local_epochs=1)
 
     def weights(seed: int | None) -> torch.Tensor:
         model = build_model(seed=8)
         engine.train(model, x, y, round_plan, seed=seed)
         return torch.cat([p.detach().flatten() for p in model.parameters()])
 
-    torch.testing.assert_close(weights(5), weights(5))
+    torch.testing.assert_close(weights(5), weights(5), rtol=0, atol=0)
+    assert requested == []  # a seeded run draws no secret
     assert not torch.allclose(weights(None), weights(None))
+    assert requested == [128, 128]  # one 128-bit key from the OS per unseeded run
 
 
 class WithLayerNorm(nn.Module):
@@ -352,7 +431,7 @@ class SequenceInput(nn.Module):
 def test_fast_engine_refuses_models_it_cannot_clip_exactly(model: nn.Module, message: str) -> None:
     x, y = toy_data(100)
     with pytest.raises(TrainingConfigError, match=message):
-        FastDpEngine().train(model, x, y, plan(n_train=100), seed=1)
+        FastDpEngine().train(model, x, y, plan(public_size=100), seed=1)
 
 
 def test_engines_are_chosen_by_the_protocol_names() -> None:
@@ -417,8 +496,8 @@ def test_clinic_refuses_an_unknown_engine_before_charging_and_trains_with_the_na
     assert not node.state_dir.exists()  # the ledger was never opened, nothing was charged
     reply = handle_train(train_message(settings), node)
     metrics = reply.content[protocol.REPLY_METRICS]
-    with PrivacyLedger.in_state_dir(node.state_dir) as ledger:
-        (charge,) = ledger.history("c1")
+    with PrivacyLedger.in_state_dir(node.state_dir) as ledger:  # beside the size estimate's
+        (charge,) = [c for c in ledger.history("c1") if isinstance(c.event, DpSgdEvent)]
     assert charge.event == DpSgdEvent(
         metrics[protocol.NOISE_MULTIPLIER],
         metrics[protocol.SAMPLE_RATE],

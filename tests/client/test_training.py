@@ -24,14 +24,16 @@ from oralfed.schemas.model import build_model, load_model, save_model
 from tests.client.helpers import plan, toy_data
 
 
-def test_sampling_rate_and_steps_follow_opacus_dataloader_rule() -> None:
+def test_sampling_rate_steps_and_normaliser_come_from_the_public_size_only() -> None:
     n, batch = 1000, 64
     loader = DPDataLoader.from_data_loader(
         DataLoader(TensorDataset(torch.zeros(n, 1)), batch_size=batch)
     )
-    result = plan(n_train=n, batch_size=batch, local_epochs=3)
-    assert result.sample_rate == pytest.approx(loader.sample_rate)
-    assert result.steps == 3 * len(loader)
+    result = plan(public_size=n, batch_size=batch, local_epochs=3)
+    assert result.sample_rate == pytest.approx(batch / n)
+    assert result.steps == 3 * len(loader)  # epochs x ceil(N / B), as Opacus's loader
+    assert result.expected_batch_size == pytest.approx(batch)
+    assert plan(public_size=50, batch_size=batch).sample_rate == 1.0  # capped at 1
 
 
 def test_target_epsilon_calibrates_noise_for_the_whole_run() -> None:
@@ -48,7 +50,7 @@ def test_target_epsilon_calibrates_noise_for_the_whole_run() -> None:
         {"noise_multiplier": 1.0, "target_epsilon": 1.0},
         {"batch_size": 0},
         {"clip_norm": 0.0},
-        {"n_train": 0},
+        {"public_size": 0},
         {"noise_multiplier": None, "target_epsilon": -1.0},
     ],
 )
@@ -61,7 +63,9 @@ def test_dp_training_learns_and_keeps_parameter_names() -> None:
     x, y = toy_data(2000)
     model = build_model(seed=1)
     before = evaluate(model, x, y)
-    train_dp_opacus(model, x, y, plan(n_train=2000, noise_multiplier=0.8, local_epochs=3), seed=1)
+    train_dp_opacus(
+        model, x, y, plan(public_size=2000, noise_multiplier=0.8, local_epochs=3), seed=1
+    )
     after = evaluate(model, x, y)
     assert after.auc is not None and before.auc is not None
     assert after.auc > 0.85 > before.auc
@@ -72,7 +76,7 @@ def test_dp_training_is_reproducible_with_a_seed() -> None:
     x, y = toy_data(500)
     first, second = build_model(seed=2), build_model(seed=2)
     for model in (first, second):
-        train_dp_opacus(model, x, y, plan(n_train=500), seed=5)
+        train_dp_opacus(model, x, y, plan(public_size=500), seed=5)
     for a, b in zip(first.parameters(), second.parameters(), strict=True):
         torch.testing.assert_close(a, b)
 
@@ -127,4 +131,4 @@ def test_split_is_stable_and_about_one_fifth() -> None:
 
 def test_a_target_no_noise_can_reach_is_a_clear_training_error() -> None:
     with pytest.raises(TrainingConfigError, match="no noise multiplier"):
-        plan(noise_multiplier=None, target_epsilon=1e-6, n_train=100, batch_size=100)
+        plan(noise_multiplier=None, target_epsilon=1e-6, public_size=100, batch_size=100)

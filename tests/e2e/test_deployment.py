@@ -32,6 +32,7 @@ from oralfed.deploy.launch import list_runs
 from oralfed.deploy.provisioning import add_clinic, init_federation, list_clinics, remove_clinic
 from oralfed.privacy.ledger import PrivacyLedger
 from oralfed.schemas import protocol
+from oralfed.schemas.errors import ExitCode
 
 pytestmark = pytest.mark.e2e
 ORALFED = [sys.executable, "-m", "oralfed.cli"]
@@ -221,7 +222,7 @@ def test_clinic_refuses_to_start_on_a_file_that_fails_the_contract(
         deployment.root / "state" / "broken",
         check=False,
     )
-    assert completed.returncode == 2
+    assert completed.returncode == ExitCode.INVALID_DATA
     assert str(broken) in completed.stderr and "Traceback" not in completed.stderr
     assert not (deployment.root / "state" / "broken" / "supernode.log").exists()
 
@@ -269,19 +270,26 @@ def test_deployed_federation_completes_with_report(
         assert clinic["rounds_trained"] == 2 and not clinic["refusals"]
         assert 0 < clinic["epsilon_spent"] <= 2.0 + 1e-9
         assert clinic["accountant"] == "pld" and 0 < clinic["delta"] < 1e-4
-    assert report["rounds"][-1]["eval_auc"] is not None
+    assert report["rounds"][-1]["eval_auc"] is not None  # the DP evaluation's estimate
+    assert report["evaluation"]["final"]["auc_95"] is not None
     assert Path(report["model_file"]).is_file()
     (run,) = list_runs(deployment.fed, report["run_id"])  # what `federation status` shows
     assert run["status"] == "finished:completed"
 
 
-def test_every_clinic_ledger_holds_exactly_two_charges(
+def test_every_clinic_ledger_holds_exactly_its_releases(
     deployment: Deployment, federation_run: dict[str, Any]
 ) -> None:
+    """The size estimate (once per file), two DP-SGD rounds, the final DP evaluation."""
     for clinic in CLINICS:
         with PrivacyLedger.in_state_dir(deployment.root / "state" / clinic) as ledger:
             charges = ledger.history(clinic)
-        assert [c.round for c in charges] == [1, 2]
+        assert [(type(c.event).__name__, c.round) for c in charges] == [
+            ("DiscreteLaplaceEvent", None),
+            ("DpSgdEvent", 1),
+            ("DpSgdEvent", 2),
+            ("DiscreteLaplaceEvent", 2),
+        ]
         reported = next(c for c in federation_run["clinics"] if c["clinic"] == clinic)
         assert charges[-1].epsilon_after == pytest.approx(reported["epsilon_spent"])
 
@@ -347,7 +355,9 @@ def test_a_dp_query_runs_on_the_deployment_and_is_charged_first(
     assert not cell["suppressed"] and 0 < cell["value"]["value"] < 1
     for clinic in CLINICS:
         with PrivacyLedger.in_state_dir(deployment.root / "state" / clinic) as ledger:
-            assert [type(c.event).__name__ for c in ledger.history(clinic)][-1] == "GaussianEvent"
+            assert [type(c.event).__name__ for c in ledger.history(clinic)][
+                -1
+            ] == "DiscreteGaussianEvent"
 
 
 def test_dead_node_does_not_hang_the_run_and_rejoins(

@@ -16,8 +16,10 @@ from typing import Any
 
 import pytest
 
-from oralfed.privacy.events import DpSgdEvent
+from oralfed.deploy.simulated_run import NON_PRIVATE_BASELINES_FILE
+from oralfed.privacy.events import DiscreteLaplaceEvent, DpSgdEvent
 from oralfed.privacy.ledger import PrivacyLedger
+from oralfed.schemas.errors import ExitCode
 
 pytestmark = pytest.mark.e2e
 ORALFED = [sys.executable, "-m", "oralfed.cli"]
@@ -73,24 +75,28 @@ def ray_processes() -> list[str]:
 def federation(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("federation")
     oralfed("data", "synth", "--out", root / "data", "--clinics", "3", "--seed", "11")
-    federate(root / "data", root / "state", root / "run1")
+    federate(root / "data", root / "state", root / "run1", "--baselines")
     report = json.loads((root / "run1" / "report.json").read_text())
     return {"root": root, "report": report}
 
 
-def test_report_has_quality_baselines_and_privacy(federation: dict[str, Any]) -> None:
+def test_report_has_dp_evaluation_privacy_and_keeps_baselines_apart(
+    federation: dict[str, Any],
+) -> None:
     report = federation["report"]
     assert report["status"] == "completed" and len(report["rounds"]) == 2
-    overall = report["overall"]
-    assert overall["federated_dp"]["auc"] > 0.65  # a trivial (constant) model scores 0.5
-    assert (
-        overall["central_pooled"]["auc"] is not None and overall["local_only_mean_auc"] is not None
-    )
+    final = report["evaluation"]["final"]  # the clinics' DP histograms, estimated
+    assert final["auc"] > 0.6 and final["auc_95"][0] < final["auc"] < final["auc_95"][1]
     for clinic in report["clinics"]:
         assert clinic["rounds_trained"] == 2
-        assert 0 < clinic["epsilon_spent"] <= 2.0 + 1e-9
+        assert 0 < clinic["epsilon_spent"] <= 2.0 + 1e-9  # the run's target covers it all
         assert clinic["accountant"] == "pld" and 0 < clinic["delta"] < 1e-4
-        assert clinic["federated_dp"]["auc"] is not None
+        assert "federated_dp" not in clinic and "central_pooled" not in clinic
+    # real clinic files: the non-private baselines are kept out of the shared report
+    assert "overall" not in report and "non-private" in report["baselines"]
+    apart = json.loads((federation["root"] / "run1" / NON_PRIVATE_BASELINES_FILE).read_text())
+    assert "NON-PRIVATE" in apart["warning"]
+    assert apart["overall"]["federated_dp"]["auc"] > 0.65  # a constant model scores 0.5
     assert (federation["root"] / "run1" / "global_model.pt").is_file()
     assert (federation["root"] / "run1" / "history.json").is_file()
 
@@ -106,11 +112,17 @@ def test_each_ledger_holds_exactly_the_rounds_it_trained(federation: dict[str, A
         ]
         with PrivacyLedger.in_state_dir(federation["root"] / "state" / clinic["clinic"]) as ledger:
             history = ledger.history(clinic["clinic"])
-            assert [c.round for c in history] == [1, 2]
-            assert {c.run_id for c in history} == {report["run_id"]} or len(
-                {c.run_id for c in history}
-            ) == 1
-            for charge, reply in zip(history, replies, strict=True):
+            # the size estimate (once per file), two rounds of DP-SGD, one evaluation
+            kinds = [(type(c.event), c.round) for c in history]
+            assert kinds == [
+                (DiscreteLaplaceEvent, None),
+                (DpSgdEvent, 1),
+                (DpSgdEvent, 2),
+                (DiscreteLaplaceEvent, 2),
+            ]
+            assert len({c.run_id for c in history}) == 1
+            trained = [c for c in history if isinstance(c.event, DpSgdEvent)]
+            for charge, reply in zip(trained, replies, strict=True):
                 metrics = reply["metrics"]
                 assert charge.event == DpSgdEvent(
                     metrics["noise-multiplier"], metrics["sample-rate"], int(metrics["dp-steps"])
@@ -130,7 +142,11 @@ def test_second_run_is_charged_on_top_and_a_spent_clinic_refuses(
         before = ledger.spent("clinic-01")
         # Spend clinic-01's cap of 10 outside the federation with more rounds like its last
         # one, until one more such round would not fit: run2's rounds must then be refused.
-        round_event = ledger.history("clinic-01")[-1].event
+        round_event = next(
+            c.event
+            for c in reversed(ledger.history("clinic-01"))
+            if isinstance(c.event, DpSgdEvent)
+        )
         while ledger.preview("clinic-01", round_event) <= 10:
             ledger.charge("clinic-01", round_event, run_id="manual")
         near_cap = ledger.spent("clinic-01")
@@ -145,7 +161,7 @@ def test_second_run_is_charged_on_top_and_a_spent_clinic_refuses(
     for clinic in ("clinic-02", "clinic-03"):
         assert rows[clinic]["rounds_trained"] == 2
         with PrivacyLedger.in_state_dir(root / "state" / clinic) as ledger:
-            assert len(ledger.history(clinic)) == 4
+            assert len(ledger.history(clinic)) == 7  # 4 of run1, 2 rounds + 1 evaluation
             previous = next(c for c in federation["report"]["clinics"] if c["clinic"] == clinic)
             assert ledger.spent(clinic) > previous["epsilon_spent"]
     with PrivacyLedger.in_state_dir(root / "state" / "clinic-01") as ledger:
@@ -157,7 +173,7 @@ def test_too_few_clinics_stops_with_a_clear_message(federation: dict[str, Any]) 
     result = federate(
         root / "data", root / "state", root / "run3", "--min-clinics", "3", check=False
     )
-    assert result.returncode == 2
+    assert result.returncode == ExitCode.FEDERATION_FAILED
     assert "the federation stopped" in result.stderr and "clinic-01" in result.stderr
     assert "Traceback" not in result.stderr
     assert ray_processes() == []

@@ -8,6 +8,7 @@ import sys
 
 import dp_accounting
 import pytest
+from dp_accounting.pld import privacy_loss_distribution
 from opacus.accountants import PRVAccountant
 
 from oralfed.privacy.accountants import (
@@ -19,9 +20,13 @@ from oralfed.privacy.accountants import (
     UnsupportedEvent,
     get_accountant,
 )
+from oralfed.privacy.accountants.pld import discrete_gaussian_pld
 from oralfed.privacy.calibration import default_delta, dpsgd_epsilon, noise_multiplier_for_epsilon
 from oralfed.privacy.events import (
+    LATTICE_UNITS,
     MIN_NOISE_MULTIPLIER,
+    DiscreteGaussianEvent,
+    DiscreteLaplaceEvent,
     DpSgdEvent,
     GaussianEvent,
     LaplaceEvent,
@@ -87,12 +92,15 @@ def test_merge_identical_keeps_distinct_mechanisms_apart() -> None:
         DpSgdEvent(2.0, 0.1, 5),
         DpSgdEvent(2.0, 0.2, 5),
         DpSgdEvent(2.0, 0.1, 7),
+        DiscreteGaussianEvent(2.0),
+        DiscreteGaussianEvent(2.0, 2),
     ]
     assert merge_identical(events) == [
         GaussianEvent(2.0, 4),
         LaplaceEvent(2.0),
         DpSgdEvent(2.0, 0.1, 12),
         DpSgdEvent(2.0, 0.2, 5),
+        DiscreteGaussianEvent(2.0, 3),
     ]
 
 
@@ -117,6 +125,8 @@ def test_mixed_history_composes_under_pld_and_rdp() -> None:
         DpSgdEvent(1.0, 0.02, 200),
         GaussianEvent(5.0, 2),
         LaplaceEvent(4.0),
+        DiscreteGaussianEvent(5.0, 2),
+        DiscreteLaplaceEvent(4.0),
     ]
     pld, rdp = PldAccountant(), RdpAccountant()
     mixed_pld = pld.epsilon(parts, DELTA)
@@ -128,6 +138,79 @@ def test_mixed_history_composes_under_pld_and_rdp() -> None:
 def test_prv_refuses_laplace() -> None:
     with pytest.raises(UnsupportedEvent, match="Laplace"):
         PrvAccountant().epsilon([DpSgdEvent(1.0, 0.01, 10), LaplaceEvent(1.0)], DELTA)
+
+
+# --- discrete events ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("sigma", "sensitivity"), [(0.5, 1), (3.0, 1), (2.0, 3), (200.0, 100)])
+def test_discrete_gaussian_pld_is_dp_accountings(sigma: float, sensitivity: int) -> None:
+    """The vectorised PLD is the same privacy buckets dp-accounting builds point by point."""
+    ours = discrete_gaussian_pld(sigma, sensitivity)
+    theirs = privacy_loss_distribution.from_discrete_gaussian_mechanism(
+        sigma, sensitivity=sensitivity
+    )
+    for count in (1, 3):
+        for delta in (1e-3, DELTA):
+            assert ours.self_compose(count).get_epsilon_for_delta(delta) == pytest.approx(
+                theirs.self_compose(count).get_epsilon_for_delta(delta), abs=1e-6
+            )
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_discrete_gaussian_event_is_its_lattice_mechanism(count: int) -> None:
+    """σ = m·K on sensitivity K, composed ``count`` times; next to the continuous Gaussian."""
+    event = DiscreteGaussianEvent(3.0, count)
+    exact = privacy_loss_distribution.from_discrete_gaussian_mechanism(
+        3.0 * LATTICE_UNITS, sensitivity=LATTICE_UNITS
+    ).self_compose(count)
+    pld = PldAccountant().epsilon([event], DELTA)
+    assert pld == pytest.approx(exact.get_epsilon_for_delta(DELTA), abs=1e-6)
+    assert pld == pytest.approx(PldAccountant().epsilon([GaussianEvent(3.0, count)], DELTA), 1e-3)
+
+
+def test_a_smaller_shift_of_a_discrete_gaussian_leaks_less() -> None:
+    """Why the event's shift Δ covers a sum whose patient moves it by fewer units."""
+    for sigma in (0.7, 3.0, 10.0):
+        worst = discrete_gaussian_pld(sigma, 5).get_epsilon_for_delta(DELTA)
+        for shift in range(1, 5):
+            assert discrete_gaussian_pld(sigma, shift).get_epsilon_for_delta(DELTA) < worst
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_discrete_gaussian_rdp_is_its_zcdp(count: int) -> None:
+    """rho = 1 / (2 m²) per release, which is also the continuous Gaussian's RDP bound."""
+    direct = dp_accounting.rdp.RdpAccountant()
+    direct.compose(dp_accounting.ZCDpEvent(1 / (2 * 3.0**2)), count)
+    rdp = RdpAccountant().epsilon([DiscreteGaussianEvent(3.0, count)], DELTA)
+    assert rdp == pytest.approx(direct.get_epsilon(DELTA), abs=1e-9)
+    assert rdp == pytest.approx(RdpAccountant().epsilon([GaussianEvent(3.0, count)], DELTA))
+
+
+@pytest.mark.parametrize("multiplier", [0.5, 2.0, 4.0])
+@pytest.mark.parametrize("count", [1, 2, 5])
+def test_discrete_laplace_event_bounds_a_lattice_sum(multiplier: float, count: int) -> None:
+    """A sum of sensitivity K at scale m·K is charged as sensitivity 1 at scale m: never less
+    than its exact PLD, and the same pure ε = count / m."""
+    charged = DiscreteLaplaceEvent(multiplier, count)
+    exact = privacy_loss_distribution.from_discrete_laplace_mechanism(
+        1 / (multiplier * LATTICE_UNITS), sensitivity=LATTICE_UNITS
+    ).self_compose(count)
+    for delta in (1e-2, 1e-3, DELTA):
+        bound = PldAccountant().epsilon([charged], delta)
+        assert bound >= exact.get_epsilon_for_delta(delta) - 1e-9
+        assert bound <= count / multiplier + 1e-9
+
+
+def test_prv_refuses_discrete_releases() -> None:
+    for event in (DiscreteGaussianEvent(3.0), DiscreteLaplaceEvent(3.0)):
+        with pytest.raises(UnsupportedEvent, match="discrete"):
+            PrvAccountant().epsilon([event], DELTA)
+
+
+def test_dp_accounting_has_no_discrete_gaussian_event() -> None:
+    with pytest.raises(TypeError, match="dp-accounting"):
+        to_dp_event(DiscreteGaussianEvent(2.0))
 
 
 def test_prv_composes_dpsgd_with_gaussian_like_pld() -> None:
@@ -189,6 +272,8 @@ def test_privacy_package_does_not_import_torch_or_flwr() -> None:
         (lambda: GaussianEvent(1.0, 0), "count"),
         (lambda: LaplaceEvent(-2.0), "noise_multiplier"),
         (lambda: LaplaceEvent(1.0, -1), "count"),
+        (lambda: DiscreteGaussianEvent(0.05), "noise_multiplier"),
+        (lambda: DiscreteGaussianEvent(1.0, 0), "count"),
     ],
 )
 def test_invalid_events_are_refused(make: object, field: str) -> None:
@@ -197,7 +282,14 @@ def test_invalid_events_are_refused(make: object, field: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "event", [DpSgdEvent(1.1, 0.01, 300), GaussianEvent(2.0, 3), LaplaceEvent(0.5)]
+    "event",
+    [
+        DpSgdEvent(1.1, 0.01, 300),
+        GaussianEvent(2.0, 3),
+        LaplaceEvent(0.5),
+        DiscreteLaplaceEvent(2.0, 2),
+        DiscreteGaussianEvent(6.5, 2),
+    ],
 )
 def test_events_round_trip_through_dicts(event: PrivacyEvent) -> None:
     data = event_to_dict(event)

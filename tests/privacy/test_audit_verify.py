@@ -129,3 +129,55 @@ def test_another_clinics_key_fails_every_entry(five_entries, tmp_path):
     assert not result.ok
     assert {f.problem for f in result.failures} == {"foreign-key"}
     assert len(result.failures) == 5
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        ("replace(payload, '0.1', 'NaN')", "NaN"),
+        ("replace(payload, '0.1', 'Infinity')", "Infinity"),
+        ("replace(payload, '0.1', '1e999')", "1e999"),
+        ("'{not json'", "Expecting property name"),
+        ("'[' || replace(hex(zeroblob(5000)), '0', '[')", "nested too deeply"),
+    ],
+)
+def test_a_payload_no_writer_produces_is_located_not_raised(
+    five_entries, public_key_path, db, payload: str, reason: str
+):
+    """``json.loads`` accepts NaN and infinities; canonical JSON never holds them, so a
+    stored one is a changed entry (it used to crash verification with ValueError)."""
+    db.execute(f"UPDATE audit_log SET payload = {payload} WHERE seq = 2")
+    db.commit()
+    (failure,) = check(five_entries, public_key_path).failures
+    assert (failure.seq, failure.problem) == (2, "changed")
+    assert reason in failure.detail
+
+
+@pytest.mark.parametrize(
+    ("assignment", "seq", "shown"),
+    [
+        ("seq = NULL", None, "seq NULL, not int"),
+        ("seq = 'three'", None, "seq str 'three', not int"),
+        ("payload = X'7b7d'", 3, "payload bytes b'{}', not str"),
+        ("signature = NULL", 3, "signature NULL, not str"),
+        ("recorded_at = NULL, kind = NULL", 3, "recorded_at NULL, not str, kind NULL, not str"),
+    ],
+)
+def test_a_malformed_row_is_reported_by_its_position(
+    five_entries, public_key_path, db, assignment: str, seq: int | None, shown: str
+):
+    for statement in (
+        "CREATE TABLE copy AS SELECT * FROM audit_log",
+        "DROP TABLE audit_log",
+        "ALTER TABLE copy RENAME TO audit_log",
+        f"UPDATE audit_log SET {assignment} WHERE seq = 3",
+    ):
+        db.execute(statement)
+    db.commit()
+    result = check(five_entries, public_key_path)
+    (failure,) = result.failures
+    assert (failure.position, failure.seq, failure.problem) == (3, seq, "malformed")
+    assert failure.detail == (
+        f"the entry stored at position 3 has {shown}: its row was edited outside the log"
+    )
+    assert "position 3" in str(failure)

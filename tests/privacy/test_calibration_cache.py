@@ -23,7 +23,7 @@ def test_a_cached_plan_is_not_recalibrated(tmp_path: Path, monkeypatch: pytest.M
     cache = CalibrationCache(tmp_path / "cache.json")
     sigma = cache.noise_multiplier(*PLAN)
 
-    def refuse(*_: object) -> float:
+    def refuse(*_: object, **__: object) -> float:
         raise AssertionError("recalibrated a cached plan")
 
     monkeypatch.setattr(calibration, "noise_multiplier_for_epsilon", refuse)

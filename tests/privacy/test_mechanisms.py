@@ -1,5 +1,6 @@
-"""DP statistics mechanisms: calibration matches the ledger, answers are unbiased, and the
-stated error matches the error seen over repeated runs on data with known answers."""
+"""DP statistics mechanisms: calibration matches the ledger, releases are integers with
+discrete noise, answers are unbiased, and the stated error matches the error seen over
+repeated runs on data with known answers."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from oralfed.privacy.accountants import get_accountant
-from oralfed.privacy.events import GaussianEvent, LaplaceEvent
+from oralfed.privacy.events import LATTICE_UNITS, DiscreteGaussianEvent, DiscreteLaplaceEvent
 from oralfed.privacy.mechanisms import (
     Bounds,
     Estimate,
+    NoiseCalibration,
     NoiseKind,
     bin_counts,
     calibrate,
@@ -43,7 +47,6 @@ CLINICS = [clinic_data(seed) for seed in (1, 2, 3)]
 def repeated(statistic: str | None, kind: NoiseKind, epsilon: float = 0.5):
     """RUNS combined answers of 3 clinics; yields per run (counts, statistic) estimates."""
     calibration = calibrate(kind, epsilon, 1e-6, 2 if statistic else 1)
-    rng = np.random.default_rng(2024)
     for _ in range(RUNS):
         releases = []
         for cells, values, flags in CLINICS:
@@ -52,7 +55,6 @@ def repeated(statistic: str | None, kind: NoiseKind, epsilon: float = 0.5):
                     cells,
                     N_CELLS,
                     calibration,
-                    rng,
                     statistic=statistic,
                     values=flags if statistic == "positives" else values,
                     bounds=Bounds(0.0, 20.0),
@@ -72,17 +74,37 @@ def check_errors(estimates: list[Estimate], truth: float) -> None:
     assert 0.9 <= coverage <= 0.99
 
 
-def test_gaussian_calibration_is_what_the_ledger_charges() -> None:
-    calibration = calibrate("gaussian", 0.5, 1e-6, 2)
-    assert calibration.event == GaussianEvent(calibration.noise_multiplier, 2)
-    charged = get_accountant("pld").epsilon([calibration.event], 1e-6)
+@pytest.mark.parametrize("accountant", ["pld", "rdp"])
+def test_gaussian_calibration_is_what_the_ledger_charges(accountant: str) -> None:
+    calibration = calibrate("gaussian", 0.5, 1e-6, 2, accountant)
+    assert calibration.event == DiscreteGaussianEvent(calibration.noise_multiplier, 2)
+    charged = get_accountant(accountant).epsilon([calibration.event], 1e-6)
     assert 0.49 <= charged <= 0.5  # within budget, and not wastefully noisy
 
 
 def test_laplace_calibration_composes_basically() -> None:
     calibration = calibrate("laplace", 0.5, 1e-6, 2)
-    assert calibration.event == LaplaceEvent(4.0, 2)  # two (1/4)-DP releases: ε = 0.5
-    assert calibration.noise_sd(3.0) == pytest.approx(math.sqrt(2) * 12.0)
+    assert calibration.event == DiscreteLaplaceEvent(4.0, 2)  # two (1/4)-DP releases: ε = 0.5
+    p = math.exp(-1 / 4.0)  # discrete Laplace of scale 4: variance 2p / (1 - p)²
+    assert calibration.count_noise_sd == pytest.approx(math.sqrt(2 * p) / (1 - p))
+    # A sum's scale is 4 x 1024 grid units of 3 / 1024: essentially the continuous sd.
+    assert calibration.sum_noise_sd(Bounds(0.0, 3.0)) == pytest.approx(math.sqrt(2) * 12.0)
+
+
+@pytest.mark.parametrize("multiplier", [0.5, 1.0, 4.0])
+def test_gaussian_noise_sds_match_the_discrete_noise(multiplier: float) -> None:
+    """A count's noise is the lattice noise rounded to whole records: for m ≥ 1 its variance
+    is about m² + 1/12 (Sheppard; ties, 1/1024 of the mass, add a little), below that the
+    rounding's periodic correction shows."""
+    calibration = NoiseCalibration(NoiseKind.GAUSSIAN, multiplier, 1)
+    if multiplier >= 1:
+        expected = math.sqrt(multiplier**2 + 1 / 12)
+        assert calibration.count_noise_sd == pytest.approx(expected, 1e-3)
+    assert calibration.sum_noise_sd(Bounds(0.0, 2.0)) == pytest.approx(2.0 * multiplier, 1e-9)
+    draws = calibration.noisy_counts(np.zeros(4000, dtype=np.int64))
+    assert draws.dtype == np.int64
+    assert 0.9 < draws.std() / calibration.count_noise_sd < 1.1
+    assert abs(draws.mean()) < 4 * calibration.count_noise_sd / math.sqrt(len(draws))
 
 
 @pytest.mark.parametrize("bad", [0.0, -1.0, math.inf, math.nan])
@@ -185,16 +207,15 @@ def test_a_small_cell_releases_noise_only() -> None:
     cells = np.array([0] * 200 + [1] * 3)
     values = np.full(len(cells), 20.0)
     calibration = calibrate("gaussian", 1.0, 1e-6, 2)
-    rng = np.random.default_rng(0)
     sums = []
     for _ in range(200):
         release = release_local(
-            cells, 2, calibration, rng, statistic="sum", values=values, bounds=Bounds(0, 20)
+            cells, 2, calibration, statistic="sum", values=values, bounds=Bounds(0, 20)
         )
         if release.withheld[1]:
             sums.append(release.parts["sum"].values[1])
         assert not release.withheld[0]
-    noise_sd = calibration.noise_sd(20.0)
+    noise_sd = calibration.sum_noise_sd(Bounds(0, 20))
     assert len(sums) > 150  # 3 records + noise of sd 6 stays under 10 most of the time
     assert abs(np.mean(sums)) < 4 * noise_sd / math.sqrt(len(sums))  # centred on 0, not 60
 
@@ -205,8 +226,55 @@ def test_release_refuses_a_mismatched_calibration() -> None:
             np.array([0]),
             1,
             calibrate("gaussian", 1.0, 1e-6, 1),
-            np.random.default_rng(),
             statistic="sum",
             values=np.array([1.0]),
             bounds=Bounds(0, 1),
         )
+
+
+# --- discrete releases ------------------------------------------------------------------------
+
+
+def test_sums_snap_to_a_grid_of_the_bound_with_at_most_half_a_step_of_bias() -> None:
+    bounds = Bounds(2.0, 110.0)  # age_years
+    assert bounds.unit == 110.0 / LATTICE_UNITS
+    ages = np.linspace(-5.0, 120.0, 10_001)
+    units = bounds.snap(ages)
+    assert units.dtype == np.int64 and np.abs(units).max() == LATTICE_UNITS
+    assert np.abs(units * bounds.unit - bounds.clip(ages)).max() <= bounds.unit / 2 + 1e-12
+    dmft = np.arange(0.0, 33.0)  # whole counts already sit on the 32/1024 grid
+    assert (Bounds(0.0, 32.0).snap(dmft) * Bounds(0.0, 32.0).unit == dmft).all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    kind=st.sampled_from(list(NoiseKind)),
+    statistic=st.sampled_from([None, "sum", "positives", "bins"]),
+    data=st.lists(
+        st.tuples(st.integers(-1, 2), st.floats(-50.0, 150.0), st.booleans()),
+        max_size=60,
+    ),
+)
+def test_every_release_is_integer_valued(
+    kind: NoiseKind, statistic: str | None, data: list[tuple[int, float, bool]]
+) -> None:
+    """Counts, positives and bins are integers; a sum is an integer number of grid units."""
+    cells = np.array([cell for cell, _, _ in data], dtype=int)
+    values = np.array([flag if statistic == "positives" else v for _, v, flag in data], float)
+    bounds = Bounds(-10.0, 100.0)
+    release = release_local(
+        cells,
+        3,
+        calibrate(kind, 1.0, 1e-6, 2 if statistic else 1),  # cached after the first call
+        statistic=statistic,
+        values=values,
+        bounds=bounds,
+        edges=np.linspace(0.0, 100.0, 6),
+    )
+    for name, part in release.parts.items():
+        if name == "sum":
+            units = part.values / bounds.unit
+            assert np.allclose(units, np.rint(units), rtol=0, atol=1e-6)
+        else:
+            assert part.values.dtype == np.int64
+    assert release.parts["count"].values.shape == (3,)

@@ -1,0 +1,62 @@
+"""A malicious coordinator's toolbox: messages it may send to the real ClientApp handlers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, Metadata, RecordDict
+from torch import nn
+
+from oralfed.schemas import protocol
+from oralfed.schemas.settings import FederationSettings
+
+
+def message(
+    kind: str,
+    model: nn.Module,
+    config: Mapping[str, Any],
+    *,
+    run_id: int = 1,
+    server_round: int = 1,
+) -> Message:
+    """A train or evaluate message with the coordinator's own model and config."""
+    metadata = Metadata(
+        run_id=run_id,
+        message_id=f"{kind}-{run_id}-{server_round}",
+        src_node_id=0,
+        dst_node_id=1,
+        reply_to_message_id="",
+        group_id=str(server_round),
+        created_at=0.0,
+        ttl=3600.0,
+        message_type=MessageType.TRAIN if kind == "train" else MessageType.EVALUATE,
+    )
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(model.state_dict()),
+            "config": ConfigRecord({**config, protocol.CFG_ROUND: server_round}),
+        }
+    )
+    return Message(content=content, metadata=metadata)
+
+
+def train_config(settings: FederationSettings, **overrides: Any) -> dict[str, Any]:
+    return {**settings.train_config(), **overrides}
+
+
+def evaluate_config(settings: FederationSettings, **overrides: Any) -> dict[str, Any]:
+    return {**settings.evaluate_config(), **overrides}
+
+
+def reply_keys(reply: Message) -> set[str]:
+    """Every metric and identity key a reply carries (what the coordinator learns)."""
+    keys: set[str] = set()
+    if not reply.has_content():  # a refusal: an error code and its reason only
+        return keys
+    for record in reply.content.metric_records.values():
+        keys |= set(record)
+    for record in reply.content.config_records.values():
+        keys |= set(record)
+    keys |= set(reply.content.array_records)
+    return keys
