@@ -62,8 +62,9 @@ class DpSgdEvent:
 
 
 @dataclass(frozen=True)
-class GaussianEvent:
-    """``count`` releases with Gaussian noise of sigma = ``noise_multiplier`` * L2 sensitivity."""
+class _Releases:
+    """``count`` releases of one noise mechanism at ``noise_multiplier`` (noise scale per
+    unit of sensitivity): the fields and checks every non-sampled event shares."""
 
     noise_multiplier: float
     count: int = 1
@@ -74,22 +75,20 @@ class GaussianEvent:
 
 
 @dataclass(frozen=True)
-class LaplaceEvent:
+class GaussianEvent(_Releases):
+    """``count`` releases with Gaussian noise of sigma = ``noise_multiplier`` * L2 sensitivity."""
+
+
+@dataclass(frozen=True)
+class LaplaceEvent(_Releases):
     """``count`` releases with Laplace noise of scale b = ``noise_multiplier`` * L1 sensitivity.
 
     One release is (1 / ``noise_multiplier``)-DP.
     """
 
-    noise_multiplier: float
-    count: int = 1
-
-    def __post_init__(self) -> None:
-        _require_noise_multiplier(self.noise_multiplier)
-        _require_count("count", self.count)
-
 
 @dataclass(frozen=True)
-class DiscreteLaplaceEvent:
+class DiscreteLaplaceEvent(_Releases):
     """``count`` integer releases of L1 sensitivity 1 (counts, histograms over disjoint
     cells) with discrete Laplace noise P(z) ∝ exp(-|z| / b), b = ``noise_multiplier``:
     (1 / b)-DP each.
@@ -108,13 +107,6 @@ class DiscreteLaplaceEvent:
     over-charges a little at δ > 0 (and not at all at δ = 0).
     """
 
-    noise_multiplier: float
-    count: int = 1
-
-    def __post_init__(self) -> None:
-        _require_noise_multiplier(self.noise_multiplier)
-        _require_count("count", self.count)
-
     @property
     def epsilon(self) -> float:
         """ε of one release (pure DP)."""
@@ -122,7 +114,7 @@ class DiscreteLaplaceEvent:
 
 
 @dataclass(frozen=True)
-class DiscreteGaussianEvent:
+class DiscreteGaussianEvent(_Releases):
     """``count`` integer releases with discrete Gaussian noise, P(z) ∝ exp(-z² / (2σ²)),
     computed on a lattice of Δ = :data:`LATTICE_UNITS` units per unit of sensitivity with
     σ = ``noise_multiplier`` · Δ units.
@@ -143,13 +135,6 @@ class DiscreteGaussianEvent:
     order a is at most aΔ² / (2σ²), with equality when (a - 1)Δ is an integer). PRV models
     no discrete mechanism.
     """
-
-    noise_multiplier: float
-    count: int = 1
-
-    def __post_init__(self) -> None:
-        _require_noise_multiplier(self.noise_multiplier)
-        _require_count("count", self.count)
 
     @property
     def sensitivity(self) -> int:
