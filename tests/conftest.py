@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from oralfed.cli.main import main
 from oralfed.schemas.contract import CONTRACT_COLUMNS
 
 GOOD_ROW: dict[str, str] = {
@@ -32,6 +33,17 @@ GOOD_ROW: dict[str, str] = {
 }
 
 WriteCsv = Callable[..., Path]
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
+    """The ``oralfed`` command in-process: (exit code, stdout, stderr)."""
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
 def good_rows(count: int) -> list[dict[str, str]]:

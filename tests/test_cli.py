@@ -8,22 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from oralfed.cli.main import main
 from oralfed.schemas.errors import ExitCode
 from oralfed.schemas.features import Task
 from oralfed.schemas.model import build_model, save_model
-from tests.conftest import WriteCsv, good_rows
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
-    """Run the command in-process; returns (exit code, stdout, stderr)."""
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from tests.conftest import WriteCsv, good_rows, run_cli
 
 
 def test_validate_prints_report_and_writes_quarantine(
@@ -32,13 +20,13 @@ def test_validate_prints_report_and_writes_quarantine(
     rows = good_rows(4)
     rows[2]["age_years"] = "300"
     path = write_csv(rows)
-    code, out, _ = run(capsys, "data", "validate", path, "--json")
+    code, out, _ = run_cli(capsys, "data", "validate", path, "--json")
     report = json.loads(out)
     assert code == 0
     assert (report["rows_read"], report["rows_accepted"], report["rows_rejected"]) == (4, 3, 1)
     quarantine = Path(report["quarantine_file"])
     assert quarantine == path.with_name("clinic.quarantine.csv") and quarantine.is_file()
-    code, out, _ = run(capsys, "data", "validate", path)
+    code, out, _ = run_cli(capsys, "data", "validate", path)
     assert code == 0 and "rows rejected" in out and "age_years" in out
 
 
@@ -56,34 +44,36 @@ def test_bad_files_give_one_clear_error_without_traceback(
 ) -> None:
     path = tmp_path / "export.csv"
     path.write_bytes(content)
-    code, _, err = run(capsys, "data", "validate", path)
+    code, _, err = run_cli(capsys, "data", "validate", path)
     assert code == ExitCode.INVALID_DATA
     assert message in err and str(path) in err.replace("\n", "")
     assert "Traceback" not in err
 
 
 def test_synth_writes_valid_clinics(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    code, _, _ = run(capsys, "data", "synth", "--out", tmp_path, "--clinics", "2", "--seed", "4")
+    code, _, _ = run_cli(
+        capsys, "data", "synth", "--out", tmp_path, "--clinics", "2", "--seed", "4"
+    )
     assert code == 0
     files = sorted(tmp_path.glob("clinic-*.csv"))
     assert [f.name for f in files] == ["clinic-01.csv", "clinic-02.csv"]
-    code, out, _ = run(capsys, "data", "validate", files[0], "--json")
+    code, out, _ = run_cli(capsys, "data", "validate", files[0], "--json")
     assert code == 0 and json.loads(out)["rows_rejected"] == 0
 
 
 def test_schema_export(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    code, _, _ = run(capsys, "schema", "export", "--out", tmp_path / "s.json")
+    code, _, _ = run_cli(capsys, "schema", "export", "--out", tmp_path / "s.json")
     schema = json.loads((tmp_path / "s.json").read_text())
     assert code == 0 and "consent_tier" in schema["required"]
 
 
 def test_privacy_calculator_round_trips(capsys: pytest.CaptureFixture[str]) -> None:
     base = ("privacy", "epsilon", "--sample-rate", "0.02", "--steps", "500", "--delta", "1e-5")
-    code, out, _ = run(capsys, *base, "--target-epsilon", "2", "--json")
+    code, out, _ = run_cli(capsys, *base, "--target-epsilon", "2", "--json")
     planned = json.loads(out)
     assert code == 0 and planned["epsilon"] <= 2.0 and planned["accountant"] == "pld"
     sigma = str(planned["noise_multiplier"])
-    code, out, _ = run(capsys, *base, "--noise-multiplier", sigma, "--json")
+    code, out, _ = run_cli(capsys, *base, "--noise-multiplier", sigma, "--json")
     assert json.loads(out)["epsilon"] == pytest.approx(planned["epsilon"])
 
 
@@ -94,7 +84,7 @@ def test_privacy_calculator_round_trips(capsys: pytest.CaptureFixture[str]) -> N
 def test_privacy_calculator_rejects_bad_options(
     capsys: pytest.CaptureFixture[str], extra: tuple[str, ...]
 ) -> None:
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys,
         "privacy",
         "epsilon",
@@ -116,7 +106,7 @@ def test_model_score_writes_one_risk_per_accepted_row(
     save_model(build_model(seed=1), model_path, Task.UNTREATED_CARIES, {})
     rows = good_rows(3)
     rows[1]["sex"] = "?"
-    code, _, _ = run(
+    code, _, _ = run_cli(
         capsys, "model", "score", model_path, write_csv(rows), "--out", tmp_path / "r.csv"
     )
     with (tmp_path / "r.csv").open() as stream:
@@ -131,7 +121,7 @@ def test_model_score_refuses_a_non_model(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     (tmp_path / "m.pt").write_bytes(b"not a model")
-    code, _, err = run(
+    code, _, err = run_cli(
         capsys, "model", "score", tmp_path / "m.pt", tmp_path / "x.csv", "--out", tmp_path / "o"
     )
     assert code == ExitCode.MODEL_FORMAT and "not an OralFed model file" in err
@@ -150,7 +140,7 @@ def test_model_score_refuses_a_non_model(
 def test_federate_rejects_bad_options_before_doing_anything(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, extra: tuple[str, ...], message: str
 ) -> None:
-    code, _, err = run(capsys, "federate", "--out", tmp_path / "run", *extra)
+    code, _, err = run_cli(capsys, "federate", "--out", tmp_path / "run", *extra)
     assert code == 2 and message in err
     assert not (tmp_path / "run").exists()
 
@@ -161,7 +151,7 @@ def test_federate_refuses_a_folder_with_a_bad_file_and_writes_nothing(
     write_csv(good_rows(30), name="clinic-a.csv")
     care_only = [{**row, "consent_tier": "care_only"} for row in good_rows(30)]
     bad = write_csv(care_only, name="clinic-b.csv")
-    code, _, err = run(capsys, "federate", "--data", tmp_path, "--out", tmp_path / "run")
+    code, _, err = run_cli(capsys, "federate", "--data", tmp_path, "--out", tmp_path / "run")
     assert code == ExitCode.INVALID_DATA and str(bad) in err.replace("\n", "")
     assert "research-tier" in err
     assert not (tmp_path / "run").exists()

@@ -10,21 +10,19 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine
 
-from oralfed.cli.main import main
 from oralfed.privacy.audit_log import ROUND_COMPLETED, AuditLog
 from oralfed.privacy.events import DpSgdEvent
 from oralfed.privacy.keys import PUBLIC_KEY_FILE, load_or_create_signing_key
 from oralfed.privacy.ledger import PrivacyLedger
 from oralfed.schemas.errors import ExitCode
+from tests.conftest import run_cli
 
 ROUND = DpSgdEvent(noise_multiplier=2.0, sample_rate=0.05, steps=100)
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(["audit", *args])
-    captured = capsys.readouterr()
-    return int(exit_info.value.code or 0), captured.out, captured.err
+    """``oralfed audit ARGS`` in-process."""
+    return run_cli(capsys, "audit", *args)
 
 
 @pytest.fixture(scope="module")

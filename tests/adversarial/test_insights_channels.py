@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from oralfed.cli.main import main
 from oralfed.deploy.local_clinics import answer_in_process
 from oralfed.privacy.accountants import get_accountant
 from oralfed.privacy.ledger import PrivacyLedger
@@ -26,20 +25,9 @@ from oralfed.schemas.node_config import ClinicNode
 from oralfed.schemas.query import DEFAULT_QUERY_DELTA
 from oralfed.server.coordinator_db import CoordinatorStore
 from oralfed.server.insights_api import create_app, create_token
-from tests.conftest import GOOD_ROW, WriteCsv, good_rows
+from tests.conftest import GOOD_ROW, WriteCsv, good_rows, run_cli
 
 SMALL_QUERY = {"measure": "proportion", "column": "untreated_caries", "epsilon": 0.1}
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
-    """The ``oralfed`` command in-process: (exit code, stdout, stderr)."""
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_differencing_effects_over_a_private_reference_file_is_refused(
@@ -55,7 +43,7 @@ def test_differencing_effects_over_a_private_reference_file_is_refused(
     without = write_csv(rows, name="without.csv")
     with_target = write_csv([*rows, target], name="with.csv")
     for reference in (without, with_target):
-        code, out, err = run(
+        code, out, err = run_cli(
             capsys, "insights", "effects", "--model", model, "--reference", reference, "--json"
         )
         assert code == ExitCode.USAGE, out
@@ -73,7 +61,7 @@ def test_differencing_effects_over_a_private_reference_file_is_refused(
             )
     finally:
         store.close()
-    code, out, _ = run(capsys, "insights", "effects", "--model", model, "--json")
+    code, out, _ = run_cli(capsys, "insights", "effects", "--model", model, "--json")
     assert code == 0 and '"kind": "synthetic"' in out and "with.csv" not in out
 
 

@@ -18,7 +18,6 @@ from oralfed.privacy.audit_targets import (
     open_target,
     verify_target,
 )
-from oralfed.privacy.events import DpSgdEvent
 from oralfed.privacy.keys import (
     PRIVATE_KEY_FILE,
     PUBLIC_KEY_FILE,
@@ -28,18 +27,7 @@ from oralfed.privacy.keys import (
 from oralfed.privacy.ledger import PrivacyLedger
 from oralfed.schemas.errors import ExitCode
 from oralfed.schemas.settings import SettingsError
-
-ROUND = DpSgdEvent(noise_multiplier=2.0, sample_rate=0.05, steps=100)
-
-
-@pytest.fixture
-def clinic(state_dir: Path) -> Path:
-    """A clinic state dir: one data set registered and charged twice (three entries)."""
-    with PrivacyLedger.in_state_dir(state_dir) as ledger:
-        ledger.ensure_dataset("clinic-01", epsilon_cap=5.0, delta=1e-5)
-        for round_number in (1, 2):
-            ledger.charge("clinic-01", ROUND, run_id="run-1", round=round_number)
-    return state_dir
+from tests.privacy.conftest import ROUND
 
 
 def test_a_clinic_state_dir_opens_its_ledger_log_with_the_key_beside_it(clinic: Path) -> None:

@@ -11,22 +11,12 @@ from sqlalchemy import create_engine
 from oralfed.privacy.audit_log import ROUND_COMPLETED, AuditLog
 from oralfed.privacy.budget_plot import BudgetPlotError, plot_budgets
 from oralfed.privacy.budget_views import ClinicBudgets, FederationBudgets, budget_view
-from oralfed.privacy.events import DpSgdEvent
 from oralfed.privacy.keys import load_or_create_signing_key
 from oralfed.privacy.ledger import LedgerError, PrivacyLedger, UnknownDataset
 from oralfed.schemas.errors import ExitCode
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-ROUND = DpSgdEvent(noise_multiplier=2.0, sample_rate=0.05, steps=100)
 
-
-@pytest.fixture
-def clinic(state_dir: Path) -> Path:
-    with PrivacyLedger.in_state_dir(state_dir) as ledger:
-        ledger.ensure_dataset("clinic-01", epsilon_cap=5.0, delta=1e-5)
-        for round_number in (1, 2):
-            ledger.charge("clinic-01", ROUND, run_id="run-1", round=round_number)
-    return state_dir
 
 
 def test_a_clinic_view_is_recomputed_from_its_ledger(clinic: Path) -> None:
