@@ -91,7 +91,7 @@ QUERY_NOISY_STATISTIC: Final = "noisy-statistic"  # per cell (x bins), flattened
 QUERY_STATISTIC_NOISE_SD: Final = "statistic-noise-sd"
 
 # --- What each reply field is, privacy-wise (docs/privacy.md lists the same) -----------------
-# Every value a clinic puts in a train or evaluate reply is one of these three; the
+# Every value a clinic puts in a train, evaluate or query reply is one of these three; the
 # adversarial tests check that a reply carries no key outside this table.
 DP_RELEASE: Final = "a DP release charged to the ledger before it leaves"
 DERIVED: Final = "a function of public configuration and already-charged releases"
@@ -99,6 +99,10 @@ DECLARED_PUBLIC: Final = "declared public by the clinic (node config)"
 REPLY_FIELDS: Final[dict[str, str]] = {
     REPLY_ARRAYS: DP_RELEASE,  # the DP-SGD model update
     EVAL_HISTOGRAM: DP_RELEASE,  # noisy score histogram (discrete Laplace)
+    QUERY_NOISY_COUNTS: DP_RELEASE,  # per-cell counts, exact discrete noise
+    QUERY_NOISY_STATISTIC: DP_RELEASE,  # per-cell sums / bins, snapped, exact discrete noise
+    QUERY_COUNT_NOISE_SD: DERIVED,  # from the query's ε, δ and mechanism
+    QUERY_STATISTIC_NOISE_SD: DERIVED,  # the same, and the contract's bounds
     NUM_EXAMPLES: DERIVED,  # the public size: declared, or the charged DP size estimate
     EPSILON_SPENT: DERIVED,  # the accountant over the charged events' public parameters
     NOISE_MULTIPLIER: DERIVED,  # calibrated from the target, q and steps (public inputs)

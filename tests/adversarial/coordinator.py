@@ -41,6 +41,22 @@ def message(
     return Message(content=content, metadata=metadata)
 
 
+def query_message(content: RecordDict, *, run_id: int = 1) -> Message:
+    """A query message carrying the coordinator's query content."""
+    metadata = Metadata(
+        run_id=run_id,
+        message_id=f"query-{run_id}",
+        src_node_id=0,
+        dst_node_id=1,
+        reply_to_message_id="",
+        group_id="query",
+        created_at=0.0,
+        ttl=3600.0,
+        message_type=MessageType.QUERY,
+    )
+    return Message(content=content, metadata=metadata)
+
+
 def train_config(settings: FederationSettings, **overrides: Any) -> dict[str, Any]:
     return {**settings.train_config(), **overrides}
 

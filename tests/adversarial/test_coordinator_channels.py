@@ -21,6 +21,7 @@ from oralfed.client.app import answer, handle_evaluate, handle_train
 from oralfed.client.data import load_clinic_data
 from oralfed.client.evaluation import SCORE_BINS, private_evaluation
 from oralfed.client.public_size import SIZE_ESTIMATES_FILE
+from oralfed.client.query import handle_query
 from oralfed.privacy.audit_log import POLICY_IN_FORCE, read_database_log
 from oralfed.privacy.events import DiscreteLaplaceEvent, DpSgdEvent
 from oralfed.privacy.ledger import PrivacyLedger
@@ -29,9 +30,17 @@ from oralfed.schemas.clinic_policy import ClinicPolicy
 from oralfed.schemas.features import NUM_FEATURES, Task
 from oralfed.schemas.model import RiskModel, build_model
 from oralfed.schemas.node_config import ClinicNode
+from oralfed.schemas.query import parse_query
+from oralfed.schemas.query_messages import query_content
 from oralfed.schemas.settings import FederationSettings
 from oralfed.schemas.synthetic import write_federation
-from tests.adversarial.coordinator import evaluate_config, message, reply_keys, train_config
+from tests.adversarial.coordinator import (
+    evaluate_config,
+    message,
+    query_message,
+    reply_keys,
+    train_config,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = FederationSettings(
@@ -145,7 +154,10 @@ def test_every_reply_field_is_classified_and_documented(clinic_file: Path, tmp_p
     model = build_model(FAST.hidden_sizes, seed=3)
     train = answer(handle_train, message("train", model, train_config(FAST)), node)
     evaluate = answer(handle_evaluate, message("evaluate", model, evaluate_config(FAST)), node)
-    keys = reply_keys(train) | reply_keys(evaluate)
+    spec = parse_query({"measure": "mean", "column": "age_years", "epsilon": 0.5})
+    query = handle_query(query_message(query_content(spec, 10)), node)
+    assert not query.has_error()
+    keys = reply_keys(train) | reply_keys(evaluate) | reply_keys(query)
     assert keys <= set(protocol.REPLY_FIELDS), keys - set(protocol.REPLY_FIELDS)
     privacy_doc = (ROOT / "docs" / "privacy.md").read_text()
     assert all(f"`{key}`" in privacy_doc for key in protocol.REPLY_FIELDS)
