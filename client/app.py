@@ -64,6 +64,8 @@ def answer(handler: Handler, msg: Message, node: ClinicNode) -> Message:
     """Run ``handler``; a refusal of any kind becomes a reply naming the clinic and why."""
     try:
         return handler(msg, node)
+    except BudgetExceeded as error:  # before LedgerError, of which it is a kind
+        return refusal(msg, protocol.ERROR_BUDGET_EXCEEDED, node.clinic_id, str(error))
     except (PolicyRefusal, RequestError) as error:
         return refusal(msg, protocol.ERROR_POLICY_REFUSED, node.clinic_id, str(error))
     except (ContractError, ClinicDataError, TrainingConfigError, LedgerError) as error:
@@ -81,10 +83,7 @@ def handle_train(msg: Message, node: ClinicNode) -> Message:
         budget = open_budget(ledger, node)
         record_policy(ledger, node)
         audit_import(ledger, node, data)
-        try:
-            size = public_size(node, ledger, data, run_id)
-        except BudgetExceeded as error:
-            return refusal(msg, protocol.ERROR_BUDGET_EXCEEDED, node.clinic_id, str(error))
+        size = public_size(node, ledger, data, run_id)
         plan = plan_dp_round(
             public_size=size.value,
             batch_size=request.batch_size,
@@ -102,16 +101,13 @@ def handle_train(msg: Message, node: ClinicNode) -> Message:
         )
         node.policy.check_noise(plan.noise_multiplier)
         node.policy.check_run_epsilon(run_epsilon(ledger, budget, run_id, plan.event))
-        try:
-            charge = ledger.charge(
-                node.dataset_id,
-                plan.event,
-                run_id=run_id,
-                round=request.server_round,
-                data_fingerprint=data.fingerprint,
-            )
-        except BudgetExceeded as error:
-            return refusal(msg, protocol.ERROR_BUDGET_EXCEEDED, node.clinic_id, str(error))
+        charge = ledger.charge(
+            node.dataset_id,
+            plan.event,
+            run_id=run_id,
+            round=request.server_round,
+            data_fingerprint=data.fingerprint,
+        )
     model = build_model(request.hidden_sizes)
     model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     # No seed: in production the batches and the noise come from 128 secret bits.
@@ -141,17 +137,14 @@ def handle_evaluate(msg: Message, node: ClinicNode) -> Message:
         budget = open_budget(ledger, node)
         record_policy(ledger, node)
         node.policy.check_run_epsilon(run_epsilon(ledger, budget, run_id, event))
-        try:
-            charge = ledger.charge(
-                node.dataset_id,
-                event,
-                run_id=run_id,
-                round=request.server_round,
-                data_fingerprint=data.fingerprint,
-                note="federated evaluation (noisy score histogram)",
-            )
-        except BudgetExceeded as error:
-            return refusal(msg, protocol.ERROR_BUDGET_EXCEEDED, node.clinic_id, str(error))
+        charge = ledger.charge(
+            node.dataset_id,
+            event,
+            run_id=run_id,
+            round=request.server_round,
+            data_fingerprint=data.fingerprint,
+            note="federated evaluation (noisy score histogram)",
+        )
     model = build_model(request.hidden_sizes)
     model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     release = private_evaluation(model, data.x_test, data.y_test, request.eval_epsilon)
@@ -167,9 +160,7 @@ def handle_evaluate(msg: Message, node: ClinicNode) -> Message:
     return reply(msg, node, budget, metrics)
 
 
-def _other_releases_of_the_run(
-    request: TrainRequest, size: PublicSize
-) -> tuple[PrivacyEvent, ...]:
+def _other_releases_of_the_run(request: TrainRequest, size: PublicSize) -> tuple[PrivacyEvent, ...]:
     """What the run's target ε must also cover: its planned evaluations and, when the size
     is an estimate, that estimate (always, so every round of the run calibrates alike)."""
     events: list[PrivacyEvent] = []

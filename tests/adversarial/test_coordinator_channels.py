@@ -244,3 +244,18 @@ def test_the_policy_in_force_is_in_the_clinic_audit_log(clinic_file: Path, tmp_p
     log = read_database_log(node.state_dir / "ledger.db")
     entries = [e for e in log if e.kind == POLICY_IN_FORCE]
     assert [e.payload_data()["max_rounds_per_run"] for e in entries] == [7]
+
+
+@pytest.mark.parametrize("cap", [0.01, 0.5])  # refused at the size estimate, at the round
+def test_a_request_past_the_cap_is_refused_with_the_budget_code_and_nothing_released(
+    clinic_file: Path, tmp_path: Path, cap: float
+) -> None:
+    node = clinic(clinic_file, tmp_path / "state", epsilon_cap=cap)
+    config = train_config(FAST)
+    reply = answer(handle_train, message("train", build_model(seed=8), config), node)
+    assert reply.has_error() and reply.error.code == protocol.ERROR_BUDGET_EXCEEDED
+    assert "cap" in reply.error.reason
+    with PrivacyLedger.in_state_dir(node.state_dir) as ledger:
+        spent = ledger.spent(node.dataset_id)
+        kinds = [type(c.event) for c in ledger.history(node.dataset_id)]
+    assert spent <= cap and DpSgdEvent not in kinds  # no round was charged, none trained
