@@ -33,13 +33,17 @@ if TYPE_CHECKING:  # the settings module itself never loads Flower
 __all__ = [
     "DEFAULT_EVAL_EPSILON",
     "DEFAULT_HIDDEN_SIZES",
+    "DEFAULT_MAX_CLINIC_WEIGHT",
     "DEFAULT_SEED",
     "DEFAULT_TARGET_EPSILON",
+    "DEFAULT_UPDATE_NORM_BOUND",
+    "AggregationName",
     "DpEngineName",
     "FederationSettings",
     "RunSetting",
     "SettingsError",
     "StrategyName",
+    "clinics_needed",
     "run_settings",
     "setting_key",
 ]
@@ -48,11 +52,58 @@ DEFAULT_SEED = 7
 DEFAULT_TARGET_EPSILON = 3.0
 DEFAULT_EVAL_EPSILON = 0.3
 DEFAULT_HIDDEN_SIZES: tuple[int, ...] = (64, 32)
+# The L2 distance from the global model that no honest clinic's update reaches in the
+# standard synthetic federation (measured: docs/robustness.md, bench/robustness.py --norms).
+DEFAULT_UPDATE_NORM_BOUND = 25.0
+# A clinic's FedAvg weight is its public size; no dental clinic has ten million patients.
+DEFAULT_MAX_CLINIC_WEIGHT = 1e7
 
 
 class StrategyName(StrEnum):
     FEDAVG = "fedavg"
     FEDPROX = "fedprox"
+
+
+class AggregationName(StrEnum):
+    """How the coordinator combines the clinics' checked updates (``oralfed.server.
+    robust_aggregation`` maps each to Flower's strategy; docs/robustness.md says how many
+    hostile clinics each tolerates)."""
+
+    MEAN = "mean"
+    MEDIAN = "median"
+    TRIMMED_MEAN = "trimmed-mean"
+    KRUM = "krum"
+    MULTIKRUM = "multikrum"
+    BULYAN = "bulyan"
+
+
+def clinics_needed(
+    aggregation: AggregationName, hostile: int, trim_fraction: float
+) -> int | None:
+    """The fewest updates with which ``aggregation`` still tolerates ``hostile`` clinics
+    (None: no number of updates is enough).
+
+    Median: a majority of honest updates (n ≥ 2f + 1). Trimmed mean: at least f cut off each
+    tail, as Flower counts them (floor(β·n) ≥ f). Krum and MultiKrum: n > 2f + 2 (Blanchard et
+    al. 2017). Bulyan: n ≥ 4f + 3 (El Mhamdi et al. 2018). The mean tolerates none (only the
+    norm bound limits a hostile clinic's pull), so one update is enough for it.
+    """
+    if aggregation is AggregationName.MEDIAN:
+        return 2 * hostile + 1
+    if aggregation is AggregationName.TRIMMED_MEAN:
+        if hostile == 0:
+            return 1
+        if trim_fraction <= 0:
+            return None
+        n = max(1, math.ceil(hostile / trim_fraction) - 1)
+        while int(trim_fraction * n) < hostile:  # Flower's own rounding (trim_mean)
+            n += 1
+        return n
+    if aggregation in (AggregationName.KRUM, AggregationName.MULTIKRUM):
+        return 2 * hostile + 3
+    if aggregation is AggregationName.BULYAN:
+        return 4 * hostile + 3
+    return 1
 
 
 class DpEngineName(StrEnum):
@@ -95,8 +146,33 @@ class FederationSettings:
     """What a federation run is: rounds, strategy, the clinics' DP-SGD, where results go."""
 
     rounds: int = _setting(5, "num-server-rounds", "Federation rounds.", flag="rounds")
-    strategy: StrategyName = _setting(StrategyName.FEDAVG, "strategy", "fedavg or fedprox.")
+    strategy: StrategyName = _setting(
+        StrategyName.FEDAVG, "strategy", "Local objective: fedavg or fedprox."
+    )
     proximal_mu: float = _setting(0.01, "proximal-mu", "FedProx μ (used with fedprox only).")
+    aggregation: AggregationName = _setting(
+        AggregationName.MEAN,
+        "aggregation",
+        "How updates are combined: mean, median, trimmed-mean, krum, multikrum or bulyan.",
+    )
+    hostile_clinics: int = _setting(
+        1,
+        "hostile-clinics",
+        "f: hostile clinics a robust aggregation must tolerate (checked against min-clinics).",
+    )
+    trim_fraction: float = _setting(
+        0.2, "trim-fraction", "β: share of updates trimmed-mean cuts off each tail, in [0, 0.5)."
+    )
+    update_norm_bound: float = _setting(
+        DEFAULT_UPDATE_NORM_BOUND,
+        "update-norm-bound",
+        "Largest L2 distance of an update from the global model; longer ones are scaled down.",
+    )
+    max_clinic_weight: float = _setting(
+        DEFAULT_MAX_CLINIC_WEIGHT,
+        "max-clinic-weight",
+        "Largest num-examples (public size) a clinic's reply may carry; more is rejected.",
+    )
     local_epochs: int = _setting(2, "local-epochs", "Local epochs per round.")
     batch_size: int = _setting(64, "batch-size", "Expected DP-SGD batch size.")
     learning_rate: float = _setting(
@@ -157,7 +233,14 @@ class FederationSettings:
             raise SettingsError(
                 ("eval-every",), f"{{0}} must not be negative, got {self.eval_every}"
             )
-        for name in ("learning_rate", "clip_norm", "round_timeout", "eval_epsilon"):
+        for name in (
+            "learning_rate",
+            "clip_norm",
+            "round_timeout",
+            "eval_epsilon",
+            "update_norm_bound",
+            "max_clinic_weight",
+        ):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 problem = f"{{0}} must be a positive number, got {value}"
@@ -178,6 +261,33 @@ class FederationSettings:
         if not self.hidden_sizes or min(self.hidden_sizes) < 1:
             raise SettingsError(
                 ("hidden-sizes",), f"{{0}} must be positive widths, got {list(self.hidden_sizes)}"
+            )
+        self._check_aggregation()
+
+    def _check_aggregation(self) -> None:
+        """Refuse a robust aggregation that cannot tolerate the hostile clinics it is asked
+        to with as few clinics as a round may go on with (``min-clinics``)."""
+        if self.hostile_clinics < 0:
+            raise SettingsError(
+                ("hostile-clinics",), f"{{0}} must not be negative, got {self.hostile_clinics}"
+            )
+        if not (0.0 <= self.trim_fraction < 0.5):
+            raise SettingsError(
+                ("trim-fraction",), f"{{0}} must be in [0, 0.5), got {self.trim_fraction}"
+            )
+        needed = clinics_needed(self.aggregation, self.hostile_clinics, self.trim_fraction)
+        if needed is None:
+            raise SettingsError(
+                ("aggregation", "trim-fraction", "hostile-clinics"),
+                f"{{0}}=trimmed-mean with {{1}}=0 trims nothing: it cannot tolerate "
+                f"{{2}}={self.hostile_clinics}",
+            )
+        if self.min_clinics < needed:
+            raise SettingsError(
+                ("aggregation", "hostile-clinics", "min-clinics"),
+                f"{{0}}={self.aggregation.value} with {{1}}={self.hostile_clinics} needs "
+                f"{{2}} of at least {needed} (every round must have that many checked "
+                f"updates), got {self.min_clinics}",
             )
 
     @classmethod

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from flwr.app import Message, MetricRecord
@@ -13,7 +13,8 @@ from oralfed.schemas.records import record_floats, record_value
 from oralfed.server.evaluation import EvaluationEstimate, estimate_evaluation
 
 Phase = Literal["train", "evaluate"]
-Status = Literal["ok", "refused", "failed"]
+# "rejected": the reply came but the coordinator's checks refused it (server/update_checks.py)
+Status = Literal["ok", "refused", "failed", "rejected"]
 REFUSAL_CODES = frozenset(
     {protocol.ERROR_BUDGET_EXCEEDED, protocol.ERROR_DATA_REFUSED, protocol.ERROR_POLICY_REFUSED}
 )
@@ -31,6 +32,8 @@ class ClinicResult:
     accountant: str | None = None
     reason: str | None = None
     histogram: list[float] | None = None  # an evaluation's noisy score histogram
+    update_norm: float | None = None  # an accepted update's L2 distance from the global model
+    clipped_to: float | None = None  # the norm bound it was scaled down to, if it was
 
     @classmethod
     def from_reply(cls, msg: Message, phase: Phase) -> ClinicResult:
@@ -99,6 +102,18 @@ class RoundRecord:
             "failed": [
                 {"clinic": r.clinic_id, "reason": r.reason} for r in self.of("train", "failed")
             ],
+            # replies the coordinator's checks excluded, in either phase, and why
+            "rejected": [
+                {"clinic": r.clinic_id, "phase": r.phase, "reason": r.reason}
+                for r in self.results
+                if r.status == "rejected"
+            ],
+            # updates scaled down to the norm bound before aggregation
+            "clipped": [
+                {"clinic": r.clinic_id, "norm": r.update_norm, "bound": r.clipped_to}
+                for r in self.of("train", "ok")
+                if r.clipped_to is not None
+            ],
             # DP estimates from the clinics' noisy histograms (no exact metric is released)
             "eval_auc": evaluation.auc if evaluation else None,
             "eval_accuracy": evaluation.accuracy if evaluation else None,
@@ -116,3 +131,23 @@ class FederationHistory:
         if not self.rounds or self.rounds[-1].round != number:
             self.rounds.append(RoundRecord(number))
         return self.rounds[-1]
+
+
+def history_from_summaries(summaries: list[dict[str, Any]]) -> FederationHistory:
+    """The history again from its rounds' :meth:`RoundRecord.summary` (a checkpoint's, or
+    ``history.json``): each clinic entry is its result's fields, read by name, so a field
+    added to :class:`ClinicResult` comes back too."""
+    names = {item.name for item in fields(ClinicResult)}
+    return FederationHistory(
+        [
+            RoundRecord(
+                round=int(summary["round"]),
+                results=[
+                    ClinicResult(**{k: v for k, v in entry.items() if k in names})
+                    for entry in summary["clinics"]
+                ],
+                model_path=summary.get("model_path"),
+            )
+            for summary in summaries
+        ]
+    )

@@ -20,7 +20,9 @@ def clinic_privacy(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for summary in rounds:
         for entry in summary["clinics"]:
             result = ClinicResult(**entry)
-            row = privacy.setdefault(result.clinic_id, {"rounds_trained": 0, "refusals": []})
+            row = privacy.setdefault(
+                result.clinic_id, {"rounds_trained": 0, "refusals": [], "clipped": []}
+            )
             if result.status == "ok" and protocol.EPSILON_SPENT in result.metrics:
                 spent, cap = (
                     result.metrics[protocol.EPSILON_SPENT],
@@ -36,6 +38,14 @@ def clinic_privacy(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             if result.phase == "train":
                 if result.status == "ok":
                     row["rounds_trained"] += 1
+                    if result.clipped_to is not None:
+                        row["clipped"].append(
+                            {
+                                "round": summary["round"],
+                                "norm": result.update_norm,
+                                "bound": result.clipped_to,
+                            }
+                        )
                 else:
                     row["refusals"].append(
                         {
@@ -45,6 +55,28 @@ def clinic_privacy(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                         }
                     )
     return privacy
+
+
+def update_checks(settings: dict[str, Any], rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the coordinator's checks did to the clinics' replies (server/update_checks.py):
+    the aggregation, the norm bound, every rejected reply and every clipped update."""
+    return {
+        "aggregation": settings.get("aggregation"),
+        "hostile_clinics_tolerated": settings.get("hostile_clinics")
+        if settings.get("aggregation") not in (None, "mean")
+        else 0,
+        "update_norm_bound": settings.get("update_norm_bound"),
+        "rejected": [
+            {"round": summary["round"], **entry}
+            for summary in rounds
+            for entry in summary.get("rejected", [])
+        ],
+        "clipped": [
+            {"round": summary["round"], **entry}
+            for summary in rounds
+            for entry in summary.get("clipped", [])
+        ],
+    }
 
 
 def build_run_report(
@@ -77,5 +109,6 @@ def build_run_report(
             "final": evaluated[-1] if evaluated else None,
         },
         "clinics": [{"clinic": clinic_id, **privacy[clinic_id]} for clinic_id in sorted(privacy)],
+        "update_checks": update_checks(settings, rounds),
         "rounds": rounds,
     }

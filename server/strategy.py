@@ -1,25 +1,40 @@
-"""Flower's FedAvg / FedProx, taught to keep the run's history and to stop honestly.
+"""Flower's strategies, taught to keep the run's history, to check what counts, and to stop
+honestly.
 
-Flower's strategies skip error replies silently and, with too few replies, carry on with
-whatever came back. A clinical federation must instead report every refusal and stop with
-a clear reason when fewer clinics than agreed took part.
+Flower's strategies skip error replies silently, carry on with whatever came back, and
+aggregate whatever a node sends. A clinical federation must instead report every refusal,
+check every update against the model it was trained from (``oralfed.server.update_checks``)
+and every reply's identity (``oralfed.server.identities``), bound each update's pull, and
+stop with a clear reason when fewer clinics than agreed took part. The aggregation itself
+is Flower's: FedAvg's weighted mean, or one of its robust strategies (docs/robustness.md).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, FedProx
+from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum
 
+from oralfed.schemas import protocol
 from oralfed.schemas.errors import ExitCode, OralFedError
 from oralfed.schemas.model import build_model, save_model
-from oralfed.schemas.settings import FederationSettings
+from oralfed.schemas.settings import AggregationName, FederationSettings, StrategyName
 from oralfed.server.history import ClinicResult, FederationHistory, Phase, RoundRecord
+from oralfed.server.identities import check_identities, rejected
+from oralfed.server.update_checks import (
+    ModelArrays,
+    UpdateRejected,
+    check_metrics,
+    check_update,
+    finite_problem,
+    reference_arrays,
+)
 
 RoundCallback = Callable[[RoundRecord], None]
 NODE_POLL_SECONDS = 1.0
@@ -48,20 +63,27 @@ class _ConnectedNodes:
 
 
 class RecordingMixin:
-    """Records each reply in a :class:`FederationHistory` before Flower aggregates, samples
-    only connected nodes, and names the clinics whose reply never came (dropouts)."""
+    """Records each reply in a :class:`FederationHistory`, checks it, and lets Flower
+    aggregate only checked, norm-bounded updates; samples only connected nodes, and names
+    the clinics whose reply never came (dropouts) or did not pass the checks (rejected)."""
 
     history: FederationHistory
     settings: FederationSettings
     on_round_end: RoundCallback | None
     clinic_of_node: dict[int, str]
     sampled: dict[tuple[int, str], list[int]]
+    sent: dict[int, ModelArrays]  # per round: the model the replies must be trained from
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        """Flower's FedProx does nothing but tell the clinics ``proximal-mu``; doing it here
+        gives every aggregation the FedProx local objective."""
         nodes = self._connected_nodes(server_round, grid)
         self.sampled[(server_round, "train")] = nodes.node_ids
+        self.sent[server_round] = reference_arrays(arrays)
+        if self.settings.strategy is StrategyName.FEDPROX:
+            config[protocol.CFG_PROXIMAL_MU] = self.settings.proximal_mu
         return super().configure_train(server_round, arrays, config, cast(Grid, nodes))  # type: ignore[misc]
 
     def configure_evaluate(
@@ -88,47 +110,92 @@ class RecordingMixin:
 
     def _record_replies(
         self, server_round: int, phase: Phase, replies: list[Message]
-    ) -> RoundRecord:
+    ) -> tuple[RoundRecord, list[tuple[int, Message]]]:
+        """Record every reply and dropout; return the replies that passed the identity and
+        metric checks, with the index of their result in the round's record."""
         record = self.history.round(server_round)
-        for msg in replies:
-            result = ClinicResult.from_reply(msg, phase)
-            self.clinic_of_node[msg.metadata.src_node_id] = result.clinic_id
+        sampled = self.sampled.pop((server_round, phase), [])
+        present = {*sampled, *(msg.metadata.src_node_id for msg in replies)}
+        results = check_identities(
+            replies, [_read_reply(msg, phase) for msg in replies], self.clinic_of_node, present
+        )
+        accepted: list[tuple[int, Message]] = []
+        for msg, result in zip(replies, results, strict=True):
+            if result.status == "ok":
+                accepted.append((len(record.results), msg))
             record.results.append(result)
         answered = {msg.metadata.src_node_id for msg in replies}
-        for node_id in self.sampled.pop((server_round, phase), []):
+        for node_id in sampled:
             if node_id not in answered:
                 clinic = self.clinic_of_node.get(node_id, f"node-{node_id}")
                 record.results.append(ClinicResult(clinic, phase, "failed", reason=NO_REPLY))
-        return record
+        return record, accepted
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        record = self._record_replies(server_round, "train", replies)
-        trained = record.of("train", "ok")
-        if len(trained) < self.settings.min_clinics:
+        record, accepted = self._record_replies(server_round, "train", list(replies))
+        sent = self.sent.pop(server_round, None)
+        if sent is None:
+            raise FederationHalted(f"round {server_round}: replies came for no model sent")
+        checked = self._check_updates(record, accepted, sent)
+        if len(checked) < self.settings.min_clinics:
             absent = [
                 f"{r.clinic_id} ({r.status}: {r.reason})"
                 for r in record.results
                 if r.status != "ok"
             ]
             raise FederationHalted(
-                f"round {server_round}: only {len(trained)} clinic(s) trained, fewer than the "
-                f"minimum of {self.settings.min_clinics}; "
+                f"round {server_round}: only {len(checked)} clinic(s) trained with an update "
+                f"that passed the checks, fewer than the minimum of {self.settings.min_clinics}; "
                 + ("; ".join(absent) if absent else "no clinic replied before the round timeout")
             )
-        arrays, metrics = super().aggregate_train(server_round, replies)  # type: ignore[misc]
-        if arrays is not None and self.settings.out_dir is not None:
+        arrays, metrics = self._aggregate(server_round, checked)
+        problem = _model_problem(arrays, sent)
+        if arrays is None or problem is not None:
+            raise FederationHalted(
+                f"round {server_round}: the aggregated model is unusable ({problem}); it was "
+                "neither saved nor sent to the clinics"
+            )
+        if self.settings.out_dir is not None:
             record.model_path = str(self._save_round_model(server_round, arrays))
         return arrays, metrics
+
+    def _check_updates(
+        self, record: RoundRecord, accepted: list[tuple[int, Message]], sent: ModelArrays
+    ) -> list[Message]:
+        """The accepted replies whose update passed :func:`check_update`, each now holding
+        only its checked (and clipped) arrays and weight; the record says what happened."""
+        bound = self.settings.update_norm_bound
+        checked: list[Message] = []
+        for index, msg in accepted:
+            result = record.results[index]
+            try:
+                update = check_update(
+                    msg, sent, max_weight=self.settings.max_clinic_weight, norm_bound=bound
+                )
+            except UpdateRejected as error:
+                record.results[index] = rejected(result, f"update rejected: {error}")
+                continue
+            record.results[index] = replace(
+                result, update_norm=update.norm, clipped_to=bound if update.clipped else None
+            )
+            msg.content = update.content()
+            checked.append(msg)
+        return checked
+
+    def _aggregate(
+        self, server_round: int, replies: list[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Flower's aggregation of checked replies (a subclass may set it up per round)."""
+        return super().aggregate_train(server_round, replies)  # type: ignore[misc]
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         """Record the clinics' noisy histograms; the estimate is post-processing of them
         (``oralfed.server.evaluation``), not an average of exact metrics."""
-        record = self._record_replies(server_round, "evaluate", list(replies))
+        record, _ = self._record_replies(server_round, "evaluate", list(replies))
         if self.on_round_end is not None:
             self.on_round_end(record)
         estimate = record.evaluation()
@@ -145,19 +212,85 @@ class RecordingMixin:
         return path
 
 
+def _read_reply(msg: Message, phase: Phase) -> ClinicResult:
+    """A reply as a result; one that cannot be read, names no clinic or carries a
+    non-finite metric is rejected (it counts for nothing, but is on record)."""
+    node = f"node-{msg.metadata.src_node_id}"
+    if msg.has_error():
+        return ClinicResult.from_reply(msg, phase)
+    if protocol.REPLY_CLINIC not in msg.content.config_records:
+        return ClinicResult(node, phase, "rejected", reason="the reply names no clinic")
+    try:
+        result = ClinicResult.from_reply(msg, phase)
+    except (KeyError, TypeError, ValueError) as error:  # a malformed identity or metric
+        return ClinicResult(node, phase, "rejected", reason=f"unreadable reply: {error}")
+    try:
+        for metrics in msg.content.metric_records.values():
+            check_metrics(metrics)
+    except UpdateRejected as error:
+        return rejected(result, str(error))
+    return result
+
+
+def _model_problem(arrays: ArrayRecord | None, sent: ModelArrays) -> str | None:
+    """What makes an aggregated model unfit to save or send (None: nothing)."""
+    if arrays is None:
+        return "the aggregation returned no model"
+    model = reference_arrays(arrays)
+    if {name: (a.shape, a.dtype) for name, a in model.items()} != {
+        name: (a.shape, a.dtype) for name, a in sent.items()
+    }:
+        return "its parameters differ from the sent model's"
+    return finite_problem(model)
+
+
 class RecordingFedAvg(RecordingMixin, FedAvg):
-    pass
+    """The mean, weighted by the clinics' public sizes."""
 
 
-class RecordingFedProx(RecordingMixin, FedProx):
-    pass
+class RecordingFedMedian(RecordingMixin, FedMedian):
+    """The coordinate-wise median of the updates."""
+
+
+class RecordingFedTrimmedAvg(RecordingMixin, FedTrimmedAvg):
+    """The coordinate-wise mean after cutting floor(β·n) updates off each tail."""
+
+
+class RecordingKrum(RecordingMixin, Krum):
+    """The one update closest to its n - f - 2 nearest neighbours."""
+
+
+class RecordingMultiKrum(RecordingMixin, MultiKrum):
+    """The weighted mean of the n - f updates Krum scores best (m = n - f, the choice of
+    Blanchard et al.; Flower's fixed ``num_nodes_to_select`` is set for each round's n)."""
+
+    def _aggregate(
+        self, server_round: int, replies: list[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        self.num_nodes_to_select = max(1, len(replies) - self.num_malicious_nodes)
+        return super()._aggregate(server_round, replies)
+
+
+class RecordingBulyan(RecordingMixin, Bulyan):
+    """MultiKrum's n - 2f best, then the mean of the n - 4f values nearest the median."""
+
+
+RecordingStrategy = (
+    RecordingFedAvg
+    | RecordingFedMedian
+    | RecordingFedTrimmedAvg
+    | RecordingKrum
+    | RecordingMultiKrum
+    | RecordingBulyan
+)
 
 
 def make_strategy(
     settings: FederationSettings, history: FederationHistory, on_round_end: RoundCallback | None
-) -> FedAvg:
-    """FedAvg or FedProx weighted by the clinics' public sizes (``num-examples``: declared,
-    or a charged DP estimate), every connected clinic in every round."""
+) -> RecordingStrategy:
+    """The run's aggregation over every connected clinic in every round, weighted (where
+    it weighs) by the clinics' public sizes (``num-examples``: declared, or a charged DP
+    estimate); the local objective (FedAvg or FedProx) is what the clinics are told."""
     common: dict[str, Any] = {  # Any: Flower's keyword types differ per argument
         "fraction_train": 1.0,
         "fraction_evaluate": 1.0,
@@ -165,11 +298,21 @@ def make_strategy(
         "min_evaluate_nodes": settings.min_clinics,
         "min_available_nodes": settings.min_clinics,
     }
-    strategy: RecordingFedAvg | RecordingFedProx
-    if settings.strategy == "fedprox":
-        strategy = RecordingFedProx(proximal_mu=settings.proximal_mu, **common)
-    else:
-        strategy = RecordingFedAvg(**common)
+    hostile = settings.hostile_clinics
+    strategy: RecordingStrategy
+    match settings.aggregation:
+        case AggregationName.MEDIAN:
+            strategy = RecordingFedMedian(**common)
+        case AggregationName.TRIMMED_MEAN:
+            strategy = RecordingFedTrimmedAvg(**common, beta=settings.trim_fraction)
+        case AggregationName.KRUM:
+            strategy = RecordingKrum(**common, num_malicious_nodes=hostile)
+        case AggregationName.MULTIKRUM:
+            strategy = RecordingMultiKrum(**common, num_malicious_nodes=hostile)
+        case AggregationName.BULYAN:
+            strategy = RecordingBulyan(**common, num_malicious_nodes=hostile)
+        case _:
+            strategy = RecordingFedAvg(**common)
     strategy.history, strategy.settings, strategy.on_round_end = history, settings, on_round_end
-    strategy.clinic_of_node, strategy.sampled = {}, {}
+    strategy.clinic_of_node, strategy.sampled, strategy.sent = {}, {}, {}
     return strategy

@@ -5,7 +5,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, Metadata, RecordDict
+import numpy as np
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    Metadata,
+    MetricRecord,
+    RecordDict,
+)
 from torch import nn
 
 from oralfed.schemas import protocol
@@ -19,13 +29,15 @@ def message(
     *,
     run_id: int = 1,
     server_round: int = 1,
+    node_id: int = 1,
 ) -> Message:
-    """A train or evaluate message with the coordinator's own model and config."""
+    """A train or evaluate message with the coordinator's own model and config, to the
+    node ``node_id`` (its reply comes from that node)."""
     metadata = Metadata(
         run_id=run_id,
-        message_id=f"{kind}-{run_id}-{server_round}",
+        message_id=f"{kind}-{run_id}-{server_round}-{node_id}",
         src_node_id=0,
-        dst_node_id=1,
+        dst_node_id=node_id,
         reply_to_message_id="",
         group_id=str(server_round),
         created_at=0.0,
@@ -39,6 +51,29 @@ def message(
         }
     )
     return Message(content=content, metadata=metadata)
+
+
+def train_reply(
+    train: Message,
+    arrays: Mapping[str, np.ndarray],
+    *,
+    clinic_id: str,
+    metrics: Mapping[str, Any],
+) -> Message:
+    """A clinic's reply to ``train`` as ``oralfed.client.replies.reply`` lays it out
+    (identity, metrics, arrays), with whatever arrays and metrics a clinic chooses to send."""
+    content = RecordDict(
+        {
+            protocol.REPLY_METRICS: MetricRecord(dict(metrics)),
+            protocol.REPLY_CLINIC: ConfigRecord(
+                {protocol.CLINIC_ID: clinic_id, protocol.ACCOUNTANT: "pld"}
+            ),
+            protocol.REPLY_ARRAYS: ArrayRecord(
+                {name: Array(np.asarray(value)) for name, value in arrays.items()}
+            ),
+        }
+    )
+    return Message(content=content, reply_to=train)
 
 
 def query_message(content: RecordDict, *, run_id: int = 1) -> Message:

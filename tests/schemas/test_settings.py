@@ -17,6 +17,7 @@ from oralfed.cli.settings_options import SettingValues, flag_names, run_setting_
 from oralfed.schemas import protocol
 from oralfed.schemas.features import Task
 from oralfed.schemas.settings import (
+    AggregationName,
     DpEngineName,
     FederationSettings,
     SettingsError,
@@ -108,6 +109,11 @@ def test_every_cli_flag_sets_its_setting() -> None:
         "--rounds": "3",
         "--strategy": "fedprox",
         "--proximal-mu": "0.5",
+        "--aggregation": "median",
+        "--hostile-clinics": "1",
+        "--trim-fraction": "0.1",
+        "--update-norm-bound": "4.5",
+        "--max-clinic-weight": "50000",
         "--local-epochs": "4",
         "--batch-size": "32",
         "--learning-rate": "0.05",
@@ -133,6 +139,11 @@ def test_every_cli_flag_sets_its_setting() -> None:
             rounds=3,
             strategy=StrategyName.FEDPROX,
             proximal_mu=0.5,
+            aggregation=AggregationName.MEDIAN,
+            hostile_clinics=1,
+            trim_fraction=0.1,
+            update_norm_bound=4.5,
+            max_clinic_weight=50000.0,
             local_epochs=4,
             batch_size=32,
             learning_rate=0.05,
