@@ -28,7 +28,7 @@ from sqlalchemy import URL, Connection, Engine, create_engine, event, inspect, s
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from oralfed.privacy.audit_models import AuditBase, AuditEntryRow
+from oralfed.privacy.audit_models import AuditEntryRow
 from oralfed.privacy.keys import key_fingerprint
 from oralfed.schemas.errors import ExitCode, OralFedError
 from oralfed.schemas.json_safe import json_safe
@@ -38,6 +38,7 @@ __all__ = [
     "DATASET_REGISTERED",
     "DATA_IMPORTED",
     "GENESIS_HASH",
+    "KEY_ROTATED",
     "LEDGER_CHARGE",
     "LEDGER_REFUSED",
     "POLICY_IN_FORCE",
@@ -71,6 +72,7 @@ POLICY_IN_FORCE: Final = "policy.in-force"  # the clinic policy its ClientApp en
 RUN_STARTED: Final = "run.started"
 ROUND_COMPLETED: Final = "round.completed"
 RUN_FINISHED: Final = "run.finished"
+KEY_ROTATED: Final = "key.rotated"  # the node's signing key changed (see privacy.key_chain)
 
 
 class AuditError(OralFedError):
@@ -143,12 +145,15 @@ def entry_hash(
     return hashlib.sha256(_HASH_PREFIX + body.encode("utf-8")).hexdigest()
 
 
-
 class AuditLog:
-    """Appends signed entries to the audit table of one database."""
+    """Appends signed entries to the audit table of one database.
+
+    The table is taken as given: it belongs to the schema of the database's owner, whose
+    migrations create and change it (the clinic's ledger, ``privacy/migrations``; the
+    coordinator's database, ``server/migrations``), never to this class.
+    """
 
     def __init__(self, engine: Engine, signing_key: Ed25519PrivateKey) -> None:
-        AuditBase.metadata.create_all(engine)
         self._engine = engine
         self._key = signing_key
         self.public_key = signing_key.public_key()

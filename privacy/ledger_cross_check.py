@@ -43,7 +43,13 @@ from oralfed.privacy.audit_log import (
 from oralfed.privacy.audit_verify import AuditFailure
 from oralfed.privacy.budget_report import RECEIPT_TOLERANCE
 from oralfed.privacy.events import PrivacyEvent, event_from_dict
-from oralfed.privacy.ledger_models import Base, BudgetChange, LedgerCharge, LedgerDataset
+from oralfed.privacy.ledger_models import (
+    Base,
+    BudgetChange,
+    LedgerCharge,
+    LedgerDataset,
+    charged_event,
+)
 
 __all__ = ["LedgerRows", "cross_check_ledger", "read_ledger_rows"]
 
@@ -555,16 +561,8 @@ def _logged_event(charge: _Logged) -> PrivacyEvent:
 def _ledger_event(row: Row) -> PrivacyEvent:
     """The event the ledger reads from a charge row (as ``ledger._event_of`` does): the
     row keeps a release count in ``steps``."""
-    data: dict[str, Any] = {
-        "mechanism": row.get("mechanism"),
-        "noise_multiplier": row.get("noise_multiplier"),
-    }
-    if row.get("mechanism") == "dpsgd":
-        data |= {"sample_rate": row.get("sample_rate"), "steps": row.get("steps")}
-    else:
-        data["count"] = row.get("steps")
     try:
-        return event_from_dict(data)
+        return charged_event(row)
     except ValueError as error:
         raise ValueError(f"ledger charge {row.get('id')}: {error}") from None
 

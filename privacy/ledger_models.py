@@ -7,11 +7,15 @@ by an accountant, so the rows must hold every parameter an accountant needs.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import DateTime, Dialect, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
+
+from oralfed.privacy.events import PrivacyEvent, event_from_dict
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -37,6 +41,23 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+CHARGE_EVENT_COLUMNS = ("mechanism", "noise_multiplier", "sample_rate", "steps")
+
+
+def charged_event(columns: Mapping[str, Any]) -> PrivacyEvent:
+    """The event a charge row's columns describe (a release count is kept in ``steps``),
+    validated like a new event: ValueError for a row no event can be made of (edited)."""
+    data: dict[str, Any] = {
+        "mechanism": columns.get("mechanism"),
+        "noise_multiplier": columns.get("noise_multiplier"),
+    }
+    if columns.get("mechanism") == "dpsgd":
+        data |= {"sample_rate": columns.get("sample_rate"), "steps": columns.get("steps")}
+    else:
+        data["count"] = columns.get("steps")
+    return event_from_dict(data)
 
 
 class Base(DeclarativeBase):

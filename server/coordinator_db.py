@@ -11,8 +11,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import (
     JSON,
     DateTime,
@@ -22,12 +20,13 @@ from sqlalchemy import (
     String,
     Text,
     create_engine,
-    inspect,
     select,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from oralfed.privacy.audit_models import AuditBase, AuditEntryRow
+from oralfed.privacy.schema_migrations import SchemaMigrations
 from oralfed.schemas.files import dumps
 from oralfed.server.history import RoundRecord
 
@@ -72,6 +71,11 @@ class ClinicResultRow(Base):
     status: Mapped[str] = mapped_column(String(16))
     metrics: Mapped[dict[str, float]] = mapped_column(JSON)
     reason: Mapped[str | None] = mapped_column(Text)
+
+
+# The coordinator's signed audit log (oralfed.privacy.audit_log) lives in this database too,
+# created by its migrations (0005); it is part of the schema they must match.
+AuditBase.metadata.tables[AuditEntryRow.__tablename__].to_metadata(Base.metadata)
 
 
 class QueryRow(Base):
@@ -119,6 +123,16 @@ class CoordinatorStore:
                     )
                 )
 
+    def continue_run(self, run_id: str, settings: dict[str, Any], message: str) -> None:
+        """A resumed run is the same run: its row is running again (made if this database
+        never saw the run, e.g. a coordinator restored onto a new database)."""
+        with Session(self.engine) as session, session.begin():
+            row = session.get(RunRow, run_id)
+            if row is None:
+                row = RunRow(run_id=run_id, settings=settings)
+                session.add(row)
+            row.status, row.message, row.finished_at = "running", message, None
+
     def finish_run(self, run_id: str, status: str, message: str | None = None) -> None:
         with Session(self.engine) as session, session.begin():
             row = session.get(RunRow, run_id)
@@ -158,7 +172,7 @@ class CoordinatorStore:
 
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-FIRST_REVISION = "0001"
+SCHEMA = SchemaMigrations("coordinator database", MIGRATIONS, legacy_table=RunRow.__tablename__)
 
 
 def upgrade_schema(engine: Engine) -> None:
@@ -166,17 +180,12 @@ def upgrade_schema(engine: Engine) -> None:
     ``server/migrations`` (never ``create_all``: a coordinator database outlives releases).
 
     A database made by ``create_all`` before migrations existed is stamped at the first
-    revision and upgraded from there. No ini file is read here (Flower's app bundles carry
-    only ``.py``/``.toml`` files); ``alembic.ini`` beside the migrations is for operators.
+    revision and upgraded from there; one written by a newer release is refused
+    (:class:`~oralfed.privacy.schema_migrations.SchemaError`). ``alembic.ini`` beside the
+    migrations is for operators.
     """
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        tables = set(inspect(connection).get_table_names())
-        if RunRow.__tablename__ in tables and "alembic_version" not in tables:
-            command.stamp(config, FIRST_REVISION)
-        command.upgrade(config, "head")
+        SCHEMA.upgrade(connection)
 
 
 def _json_text(value: Any) -> str:

@@ -8,13 +8,13 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine
 
 from oralfed.privacy.audit_log import ROUND_COMPLETED, AuditLog
 from oralfed.privacy.events import DpSgdEvent
 from oralfed.privacy.keys import PUBLIC_KEY_FILE, load_or_create_signing_key
 from oralfed.privacy.ledger import PrivacyLedger
 from oralfed.schemas.errors import ExitCode
+from oralfed.server.coordinator_db import CoordinatorStore
 from tests.conftest import run_cli
 
 ROUND = DpSgdEvent(noise_multiplier=2.0, sample_rate=0.05, steps=100)
@@ -246,7 +246,7 @@ def test_empirical_audit_bad_input(
 
 def test_coordinator_budget_view_is_labelled_as_reported(capsys, tmp_path: Path) -> None:
     log = AuditLog(
-        create_engine(f"sqlite:///{tmp_path / 'coordinator.db'}"),
+        CoordinatorStore.sqlite_file(tmp_path / "coordinator.db").engine,
         load_or_create_signing_key(tmp_path),
     )
     result = {

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import create_engine
 
 from oralfed.privacy.audit_log import (
     BUDGET_CHANGED,
@@ -31,6 +30,7 @@ from oralfed.privacy.keys import (
     load_or_create_signing_key,
 )
 from oralfed.privacy.ledger import BudgetExceeded, PrivacyLedger
+from oralfed.server.coordinator_db import CoordinatorStore
 
 DELTA = 1e-5
 ROUND = DpSgdEvent(noise_multiplier=2.0, sample_rate=0.05, steps=100)
@@ -130,7 +130,9 @@ def test_append_once_logs_a_repeated_event_once(five_entries: Path):
 
 
 def test_non_finite_figures_are_recorded_as_text(tmp_path: Path):
-    log = AuditLog(create_engine(f"sqlite:///{tmp_path / 'c.db'}"), Ed25519PrivateKey.generate())
+    log = AuditLog(
+        CoordinatorStore.sqlite_file(tmp_path / "c.db").engine, Ed25519PrivateKey.generate()
+    )
     entry = log.append("test.event", {"epsilon": float("inf")})
     assert entry.payload_data() == {"epsilon": None}  # the project's one JSON encoding
     assert verify_entries([entry], log.public_key).ok

@@ -8,7 +8,6 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine
 
 from oralfed.privacy.audit_log import AuditError, AuditLog
 from oralfed.privacy.audit_targets import (
@@ -27,6 +26,7 @@ from oralfed.privacy.keys import (
 from oralfed.privacy.ledger import PrivacyLedger
 from oralfed.schemas.errors import ExitCode
 from oralfed.schemas.settings import SettingsError
+from oralfed.server.coordinator_db import CoordinatorStore
 from tests.privacy.conftest import ROUND
 
 
@@ -42,7 +42,7 @@ def test_a_clinic_state_dir_opens_its_ledger_log_with_the_key_beside_it(clinic: 
 
 def test_the_coordinators_log_has_no_ledger_to_cross_check(tmp_path: Path) -> None:
     AuditLog(
-        create_engine(f"sqlite:///{tmp_path / 'coordinator.db'}"),
+        CoordinatorStore.sqlite_file(tmp_path / "coordinator.db").engine,
         load_or_create_signing_key(tmp_path),
     ).append("run.started", {"run_id": "run-1"})
     target = open_target(state_dir=tmp_path)
