@@ -16,6 +16,7 @@ unreadable ledger, 7 an unreadable log or key.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
@@ -123,6 +124,13 @@ def _render_verification(report: VerificationReport) -> None:
     )
     console.print(f"audit log: {report.source}", highlight=False)
     console.print(f"checked with: {key_note} (key {result.signer[:16]}…)", highlight=False)
+    if len(result.key_chain) > 1:
+        console.print(
+            f"signing keys in order: {' → '.join(key[:16] + '…' for key in result.key_chain)} "
+            f"({len(result.key_chain) - 1} rotation(s) recorded in the log)",
+            highlight=False,
+            soft_wrap=True,
+        )
     if not result.ok:
         _render_failures(report)
         return
@@ -213,10 +221,13 @@ def budget(
             {
                 "verification": verification.to_dict(),
                 "datasets": [report.to_dict() for report in view.reports],
+                "unaccountable": view.unaccountable,
             }
         )
     else:
         _render_budget_verification(verification)
+        if view.unaccountable is not None:
+            error_console.print(view.unaccountable, highlight=False, soft_wrap=True)
         for report in view.reports:
             _render_budget(report, by_round=by_round)
         if view.chart is not None:
@@ -265,7 +276,7 @@ def _render_federation_budgets(view: FederationBudgets, *, as_json: bool) -> Non
     for reported in view.budgets:
         table.add_row(
             reported.clinic_id,
-            f"{reported.epsilon_spent:.4f}",
+            _epsilon_text(reported.epsilon_spent),
             f"{reported.epsilon_cap:g}",
             f"{reported.delta:g}",
             reported.accountant,
@@ -288,8 +299,8 @@ def _render_budget(report: DatasetBudgetReport, *, by_round: bool) -> None:
         for use in report.mechanisms
     )
     for label, value in (
-        ("ε spent", f"{report.spent:.4f}"),
-        ("ε remaining", f"{report.remaining:.4f}"),
+        ("ε spent", _epsilon_text(report.spent)),
+        ("ε remaining", _epsilon_text(report.remaining)),
         ("ε cap", f"{report.epsilon_cap:g}"),
         ("δ", f"{report.delta:g}"),
         ("accountant", report.accountant),
@@ -310,11 +321,22 @@ def _render_budget(report: DatasetBudgetReport, *, by_round: bool) -> None:
             point.run_id,
             "" if point.round is None else str(point.round),
             f"{point.mechanism} σ={point.noise_multiplier:g}",
-            f"{point.epsilon:.4f}",
-            "ok" if point.receipt_matches else f"[red]MISMATCH {point.epsilon_recorded:.4f}[/]",
+            _epsilon_text(point.epsilon),
+            "ok"
+            if point.receipt_matches
+            else f"[red]MISMATCH {_epsilon_text(point.epsilon_recorded)}[/]",
             f"{point.epsilon_cap:g}",
         )
     console.print(table)
+
+
+def _epsilon_text(value: float) -> str:
+    """ε as a figure, or what it is when it is none: no finite bound, or not reported."""
+    if math.isnan(value):
+        return "undefined"
+    if math.isinf(value):
+        return "∞ (no finite bound)"
+    return f"{value:.4f}"
 
 
 @app.command()

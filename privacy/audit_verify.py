@@ -6,6 +6,11 @@ checks. What the chain alone cannot show is a cut-off tail: the last entries can
 and the rest still verifies. The head hash of a verified log is therefore meant to be
 written down elsewhere, and a later check with ``expect_head`` confirms the log still
 contains it.
+
+A log whose node rotated its key is signed by a chain of keys (:mod:`privacy.key_chain`):
+each entry must be signed by the key in force at its place, every key in force must be one
+that trust reaches from the key the auditor gave, and each rotation must hand over from the
+key in force. An entry signed by any other key is foreign, rotated or not.
 """
 
 from __future__ import annotations
@@ -17,7 +22,14 @@ from typing import Any, Final
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from oralfed.privacy.audit_log import GENESIS_HASH, AuditEntry, canonical_json, entry_hash
+from oralfed.privacy.audit_log import (
+    GENESIS_HASH,
+    KEY_ROTATED,
+    AuditEntry,
+    canonical_json,
+    entry_hash,
+)
+from oralfed.privacy.key_chain import KeyRotation, parse_rotation, trusted_keys
 from oralfed.privacy.keys import key_fingerprint
 
 __all__ = ["AuditFailure", "VerificationResult", "verify_entries"]
@@ -38,8 +50,8 @@ _FIELD_TYPES: Final[dict[str, type]] = {
 @dataclass(frozen=True)
 class AuditFailure:
     """Why one entry fails: ``position`` is its place in storage (1 = first), ``problem``
-    one of malformed, changed, forged-signature, foreign-key, deleted, reordered, truncated,
-    ledger-mismatch; ``ledger_row`` the ledger row a ledger-mismatch is about, if one."""
+    one of malformed, changed, forged-signature, foreign-key, key-chain, deleted, reordered,
+    truncated, ledger-mismatch; ``ledger_row`` the ledger row a ledger-mismatch is about, if one."""
 
     position: int  # 0: not tied to one entry (a ledger row, or the log as a whole)
     seq: int | None
@@ -62,6 +74,7 @@ class VerificationResult:
     head_hash: str
     signer: str
     failures: tuple[AuditFailure, ...]
+    key_chain: tuple[str, ...] = ()  # the keys in force, oldest first (fingerprints)
 
     @property
     def ok(self) -> bool:
@@ -74,6 +87,7 @@ class VerificationResult:
             "head_seq": self.head_seq,
             "head_hash": self.head_hash,
             "signer": self.signer,
+            "key_chain": list(self.key_chain),
             "failures": [
                 {
                     "position": f.position,
@@ -100,10 +114,16 @@ def verify_entries(
     byte (hash does not match content), a forged signature (content and hash agree but
     the key did not sign them), a foreign key (another node's log, or the wrong key), a
     deleted entry (a gap in the chain), reordered entries (an authentic entry out of
-    place) and, with ``expect_head``, a truncated tail (the anchored head is gone).
-    Whatever a stored row holds, the answer is a failure naming it, never an exception.
+    place), a broken key chain (a rotation that does not hold or does not hand over from
+    the key in force) and, with ``expect_head``, a truncated tail (the anchored head is
+    gone). Whatever a stored row holds, the answer is a failure naming it, never an exception.
     """
     signer = key_fingerprint(public_key)
+    rotations, chain_problems = _rotations(entries)
+    trusted = trusted_keys(public_key, rotations.values())
+    followed = {p: r for p, r in rotations.items() if r.new_signer in trusted}
+    in_force = next(iter(followed.values())).previous if followed else public_key
+    chain = [key_fingerprint(in_force)]
     failures: list[AuditFailure] = []
     seqs = {entry.seq for entry in entries}
     previous_hash = GENESIS_HASH
@@ -121,7 +141,20 @@ def verify_entries(
                 )
             )
         else:
-            failures += _entry_failures(position, entry, public_key, signer)
+            if position in followed:
+                broken = _rotation_failures(position, entry, followed[position], in_force)
+                failures += broken
+                if not broken:  # a rotation that does not hand over changes no key
+                    in_force = followed[position].new
+                    chain.append(key_fingerprint(in_force))
+            else:
+                problems = _entry_failures(position, entry, in_force, chain[-1])
+                if not problems and position in chain_problems:
+                    # An authentic rotation entry that does not hold: the chain breaks here.
+                    problems = [
+                        AuditFailure(position, entry.seq, "key-chain", chain_problems[position])
+                    ]
+                failures += problems
             if entry.prev_hash != previous_hash:
                 failures.append(_chain_failure(position, entry, seqs))
         previous_hash = entry.entry_hash
@@ -146,7 +179,46 @@ def verify_entries(
         head_hash=head_hash,
         signer=signer,
         failures=tuple(failures),
+        key_chain=tuple(chain),
     )
+
+
+def _rotations(
+    entries: Sequence[AuditEntry],
+) -> tuple[dict[int, KeyRotation], dict[int, str]]:
+    """The authentic key rotations by storage position, and why each other rotation entry
+    cannot be one (one signed by a key nobody vouches for is neither: it is foreign)."""
+    rotations: dict[int, KeyRotation] = {}
+    problems: dict[int, str] = {}
+    for position, entry in enumerate(entries, start=1):
+        if entry.kind != KEY_ROTATED or _malformed_fields(entry):
+            continue
+        try:
+            rotation = parse_rotation(entry)
+        except ValueError as error:
+            problems[position] = f"a key rotation that does not hold: {error}"
+            continue
+        signer = rotation.entry_signer
+        if not _entry_failures(position, entry, signer, key_fingerprint(signer)):
+            rotations[position] = rotation
+    return rotations, problems
+
+
+def _rotation_failures(
+    position: int, entry: AuditEntry, rotation: KeyRotation, in_force: Ed25519PublicKey
+) -> list[AuditFailure]:
+    """A trusted rotation must hand over from the key in force at its place."""
+    if rotation.previous_signer != key_fingerprint(in_force):
+        return [
+            AuditFailure(
+                position,
+                entry.seq,
+                "key-chain",
+                f"it rotates from key {rotation.previous_signer[:16]}…, but the key in force "
+                f"at its place is {key_fingerprint(in_force)[:16]}…",
+            )
+        ]
+    return []
 
 
 def _seq(entry: AuditEntry) -> int | None:

@@ -4,13 +4,23 @@ A clinic (or the coordinator) signs every audit entry with its own private key, 
 auditor holding the public key can tell the log was written by that node and not edited
 since. The private key never leaves the state directory and is readable by its owner only
 (mode 0600); the public key is what gets handed to auditors.
+
+A key pair is made in two situations only: on a state directory's first use (no key file
+at all), and by an explicit rotation (:mod:`privacy.key_rotation`, ``oralfed clinic
+rotate-key``). Anything else a state directory holds is a refusal naming what to do: a
+public key without its private key is a lost key (a new one would sign entries the
+auditor's key calls foreign), a private key whose public file shows another key is a mixed
+pair, and a staged next key is a rotation that was interrupted. Public keys of rotated-out
+keys stay beside the current one (``audit_signing_key.pub.<fingerprint>.pem``), so an
+auditor can verify the entries they signed.
 """
 
 from __future__ import annotations
 
 import hashlib
+from contextlib import suppress
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -20,18 +30,33 @@ from oralfed.schemas.errors import ExitCode, OralFedError
 from oralfed.schemas.files import write_bytes_atomically
 
 __all__ = [
+    "NEXT_KEY_FILE",
     "PRIVATE_KEY_FILE",
     "PUBLIC_KEY_FILE",
     "AuditKeyError",
     "key_fingerprint",
     "load_or_create_signing_key",
+    "load_private_key",
     "load_public_key",
+    "load_signing_key",
+    "private_key_from_pem",
+    "private_key_pem",
     "public_key_from_pem",
     "public_key_pem",
+    "retired_key_path",
+    "write_public_key",
 ]
 
-PRIVATE_KEY_FILE = "audit_signing_key.pem"
-PUBLIC_KEY_FILE = "audit_signing_key.pub.pem"
+PRIVATE_KEY_FILE: Final = "audit_signing_key.pem"
+PUBLIC_KEY_FILE: Final = "audit_signing_key.pub.pem"
+# The next private key while a rotation is under way (see privacy.key_rotation).
+NEXT_KEY_FILE: Final = "audit_signing_key.next.pem"
+_RETIRED_PREFIX: Final = "audit_signing_key.pub."
+_RESTORE_HINT: Final = (
+    "restore the state dir from its backup (`oralfed clinic restore --from FILE --state-dir "
+    "{dir}`), or make a new key explicitly (`oralfed clinic rotate-key --state-dir {dir}`, "
+    "recorded in the audit log)"
+)
 
 
 class AuditKeyError(OralFedError):
@@ -41,26 +66,82 @@ class AuditKeyError(OralFedError):
 
 
 def load_or_create_signing_key(state_dir: Path) -> Ed25519PrivateKey:
-    """The node's signing key, created on first use.
+    """The node's signing key, created on the state directory's first use.
 
-    Creation is race-free: the key is written to a private temporary file and hard-linked
-    into place, so two processes starting at once end up sharing whichever key landed
-    first instead of signing with two different keys.
+    Creation is safe when many processes first use the directory at once: each writes its
+    candidate private key to a temporary file and hard-links it into place, which succeeds
+    for exactly one of them; every process then loads the key that won and writes its public
+    half, accepting an identical file another process wrote first. The public file is only
+    ever written after the private key exists, so no process can see a public key without
+    its private key during creation: that state always means a lost key, and is refused.
     """
-    path = state_dir / PRIVATE_KEY_FILE
-    if not path.exists():
+    private_path = state_dir / PRIVATE_KEY_FILE
+    _refuse_interrupted_rotation(state_dir)
+    if not private_path.exists():
+        if (state_dir / PUBLIC_KEY_FILE).exists() or any(_retired_keys(state_dir)):
+            raise AuditKeyError(
+                f"{private_path}: the audit signing key is missing, but the state dir holds "
+                f"its public key: the key was lost, and a new one would sign entries that the "
+                f"public key calls foreign. {_RESTORE_HINT.format(dir=state_dir)}"
+            )
         state_dir.mkdir(parents=True, exist_ok=True)
-        _create_key_pair(state_dir)
-    key = _load_private_key(path)
-    public_path = state_dir / PUBLIC_KEY_FILE
-    if not public_path.exists():  # restored from a backup holding only the private key
-        _write_public_key(state_dir, key.public_key())
+        candidate = Ed25519PrivateKey.generate()
+        with suppress(FileExistsError):  # another process created the key first: use it
+            write_bytes_atomically(
+                private_path, private_key_pem(candidate), mode=0o600, exclusive=True
+            )
+    return load_signing_key(state_dir)
+
+
+def load_signing_key(state_dir: Path) -> Ed25519PrivateKey:
+    """The node's existing signing key, its public file checked (and written if missing).
+
+    Never creates a key: a missing private key is :class:`AuditKeyError`, and so is a
+    public file that holds another key than the private key's half (a mixed pair would sign
+    entries that the auditor's copy of the public key calls foreign).
+    """
+    private_path = state_dir / PRIVATE_KEY_FILE
+    if not private_path.exists():
+        raise AuditKeyError(
+            f"{private_path}: no audit signing key. {_RESTORE_HINT.format(dir=state_dir)}"
+        )
+    key = load_private_key(private_path)
+    write_public_key(state_dir / PUBLIC_KEY_FILE, key.public_key())
     return key
+
+
+def write_public_key(path: Path, key: Ed25519PublicKey) -> None:
+    """Write the public key ``path`` should hold, readable by all (it is what auditors get).
+
+    An existing file with this very key is kept (another process wrote it first); one with
+    any other content is :class:`AuditKeyError`: a key pair is never silently mixed.
+    """
+    if not path.exists():
+        with suppress(FileExistsError):  # written by another process meanwhile: compare it
+            write_bytes_atomically(path, public_key_pem(key), mode=0o644, exclusive=True)
+    existing = load_public_key(path)
+    if key_fingerprint(existing) != key_fingerprint(key):
+        raise AuditKeyError(
+            f"{path}: holds key {key_fingerprint(existing)[:16]}…, but the private key "
+            f"beside it is {key_fingerprint(key)[:16]}…: the pair was mixed up; restore "
+            f"the state dir from its backup (`oralfed clinic restore --from FILE "
+            f"--state-dir {path.parent}`)"
+        )
+
+
+def retired_key_path(state_dir: Path, key: Ed25519PublicKey) -> Path:
+    """Where the public half of a rotated-out key is kept, named by its fingerprint."""
+    return state_dir / f"{_RETIRED_PREFIX}{key_fingerprint(key)[:16]}.pem"
 
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
     """An Ed25519 public key from a PEM file (as written next to the private key)."""
     return public_key_from_pem(_read(path), source=str(path))
+
+
+def load_private_key(path: Path) -> Ed25519PrivateKey:
+    """An Ed25519 private key from an unencrypted PEM file."""
+    return private_key_from_pem(_read(path), source=str(path))
 
 
 def public_key_from_pem(pem: bytes, *, source: str) -> Ed25519PublicKey:
@@ -74,9 +155,28 @@ def public_key_from_pem(pem: bytes, *, source: str) -> Ed25519PublicKey:
     return key
 
 
+def private_key_from_pem(pem: bytes, *, source: str) -> Ed25519PrivateKey:
+    """Parse ``pem``; :class:`AuditKeyError` naming ``source`` if it is not an Ed25519 key."""
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as error:
+        raise AuditKeyError(f"{source}: not a readable PEM private key ({error})") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise AuditKeyError(f"{source}: an audit key must be Ed25519, not {type(key).__name__}")
+    return key
+
+
 def public_key_pem(key: Ed25519PublicKey) -> bytes:
     return key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def private_key_pem(key: Ed25519PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
     )
 
 
@@ -86,35 +186,20 @@ def key_fingerprint(key: Ed25519PublicKey) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
-def _create_key_pair(state_dir: Path) -> None:
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    try:
-        write_bytes_atomically(state_dir / PRIVATE_KEY_FILE, pem, mode=0o600, exclusive=True)
-    except FileExistsError:
-        return  # another process created the key first; use that one
-    _write_public_key(state_dir, key.public_key())
+def _refuse_interrupted_rotation(state_dir: Path) -> None:
+    """A staged next key means a rotation stopped half-way: neither key may sign until it
+    is finished, or entries would be signed by a key the log does not name."""
+    if (state_dir / NEXT_KEY_FILE).exists():
+        raise AuditKeyError(
+            f"{state_dir / NEXT_KEY_FILE}: a key rotation was interrupted; run `oralfed "
+            f"clinic rotate-key --state-dir {state_dir}` to finish it"
+        )
 
 
-def _write_public_key(state_dir: Path, key: Ed25519PublicKey) -> None:
-    """The public half beside the private key, readable by all: it is what auditors get."""
-    write_bytes_atomically(
-        state_dir / PUBLIC_KEY_FILE, public_key_pem(key), mode=0o644, exclusive=True
-    )
-
-
-def _load_private_key(path: Path) -> Ed25519PrivateKey:
-    try:
-        key = serialization.load_pem_private_key(_read(path), password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as error:
-        raise AuditKeyError(f"{path}: not a readable PEM private key ({error})") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise AuditKeyError(f"{path}: an audit key must be Ed25519, not {type(key).__name__}")
-    return key
+def _retired_keys(state_dir: Path) -> list[Path]:
+    if not state_dir.is_dir():
+        return []
+    return list(state_dir.glob(f"{_RETIRED_PREFIX}*.pem"))  # not PUBLIC_KEY_FILE itself
 
 
 def _read(path: Path) -> bytes:

@@ -9,10 +9,18 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import create_engine
 
-from oralfed.privacy.audit_log import canonical_json, entry_hash, read_database_log
+from oralfed.privacy.audit_log import (
+    KEY_ROTATED,
+    AuditLog,
+    canonical_json,
+    entry_hash,
+    read_database_log,
+)
 from oralfed.privacy.audit_verify import verify_entries
-from oralfed.privacy.keys import load_or_create_signing_key, load_public_key
+from oralfed.privacy.key_chain import rotation_payload
+from oralfed.privacy.keys import key_fingerprint, load_or_create_signing_key, load_public_key
 from oralfed.privacy.ledger import PrivacyLedger
 
 
@@ -181,3 +189,46 @@ def test_a_malformed_row_is_reported_by_its_position(
         f"the entry stored at position 3 has {shown}: its row was edited outside the log"
     )
     assert "position 3" in str(failure)
+
+
+def _rotate(database: Path, signer: Ed25519PrivateKey, payload: dict[str, object]) -> None:
+    AuditLog(create_engine(f"sqlite:///{database}"), signer).append(KEY_ROTATED, payload)
+
+
+def test_a_rotation_from_a_key_no_longer_in_force_breaks_the_chain(
+    five_entries: Path, public_key_path: Path
+) -> None:
+    """After the hand-over to a new key, the old key (stolen, say) cannot hand over again."""
+    old = load_or_create_signing_key(five_entries.parent)
+    new, thief = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    _rotate(
+        five_entries,
+        old,
+        rotation_payload(old.public_key(), new, signed_by_previous=True, reason="t"),
+    )
+    _rotate(
+        five_entries,
+        old,
+        rotation_payload(old.public_key(), thief, signed_by_previous=True, reason="t"),
+    )
+    AuditLog(create_engine(f"sqlite:///{five_entries}"), thief).append("test.event", {})
+    result = verify_entries(read_database_log(five_entries), new.public_key())
+    assert [(f.seq, f.problem) for f in result.failures] == [(7, "key-chain"), (8, "foreign-key")]
+    assert result.key_chain == (
+        key_fingerprint(old.public_key()),
+        key_fingerprint(new.public_key()),
+    )
+
+
+def test_a_rotation_without_the_new_keys_endorsement_breaks_the_chain(
+    five_entries: Path, public_key_path: Path
+) -> None:
+    old = load_or_create_signing_key(five_entries.parent)
+    new = Ed25519PrivateKey.generate()
+    payload = rotation_payload(old.public_key(), new, signed_by_previous=True, reason="t")
+    payload["endorsement"] = "00" * 64
+    _rotate(five_entries, old, payload)
+    AuditLog(create_engine(f"sqlite:///{five_entries}"), new).append("test.event", {})
+    failures = verify_entries(read_database_log(five_entries), old.public_key()).failures
+    assert [(f.seq, f.problem) for f in failures] == [(6, "key-chain"), (7, "foreign-key")]
+    assert "endorsement" in failures[0].detail
