@@ -36,7 +36,11 @@ def validate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     max_issues: Annotated[int, typer.Option(help="Rejected rows listed in the table.")] = 20,
 ) -> None:
-    """Validate FILE: rows read = accepted + rejected; rejected rows go to a quarantine file."""
+    """Validate FILE: rows read = accepted + rejected; rejected rows go to a quarantine file.
+
+    A cell may hold at most 131,072 characters, in any column, ignored ones too: a row with a
+    longer cell is rejected, naming the row and the column.
+    """
     result = import_file(file)
     report = result.report()
     if result.rejected:

@@ -10,9 +10,11 @@ import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from stat import S_ISREG
 
 import numpy as np
 
+from oralfed.schemas import protocol
 from oralfed.schemas.contract import PatientRecord
 from oralfed.schemas.errors import ExitCode, OralFedError
 from oralfed.schemas.features import Task, encode_features, encode_labels, has_label
@@ -67,7 +69,18 @@ def load_clinic_data(clinic_id: str, path: Path, task: Task = Task.UNTREATED_CAR
     Cached per (file, size, mtime) because Flower calls the ClientApp once per message and
     re-validating thousands of rows each round would dominate a round's time.
     """
-    stat = path.stat()
+    try:
+        stat = path.stat()
+    except OSError as error:
+        raise ClinicDataError(
+            f"{path}: the clinic's data file ({protocol.NODE_DATA_PATH} in the node config) "
+            f"cannot be read ({error.strerror or error})"
+        ) from None
+    if not S_ISREG(stat.st_mode):
+        raise ClinicDataError(
+            f"{path}: the clinic's data file ({protocol.NODE_DATA_PATH} in the node config) "
+            "is not a file"
+        )
     return _load_cached(clinic_id, path.resolve(), stat.st_size, stat.st_mtime_ns, task)
 
 

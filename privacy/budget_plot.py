@@ -10,6 +10,7 @@ state is touched. matplotlib is imported only when a chart is drawn, because eve
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
@@ -30,6 +31,11 @@ class BudgetPlotError(OralFedError):
     exit_code: ClassVar[ExitCode] = ExitCode.USAGE
 
 
+def _drawn(epsilon: float, top: float) -> float:
+    """Where a point is drawn: its ε, or the top edge for an ε with no finite bound."""
+    return epsilon if math.isfinite(epsilon) else top
+
+
 def plot_budgets(reports: Sequence[DatasetBudgetReport], path: Path) -> None:
     """Write the chart of ``reports`` to ``path`` as a PNG (whatever its suffix), atomically.
 
@@ -40,6 +46,14 @@ def plot_budgets(reports: Sequence[DatasetBudgetReport], path: Path) -> None:
 
     figure = Figure(figsize=(8, 4.5))
     axes = figure.subplots()
+    finite = [
+        value
+        for report in reports
+        for point in report.points
+        for value in (point.epsilon, point.epsilon_cap)
+        if math.isfinite(value)
+    ]
+    top = max(finite, default=1.0) * _HEADROOM
     for report in reports:
         # The datetimes as an object array: matplotlib's date converter reads it as it reads
         # the list, and its stubs type the x values as array-like (which a list of
@@ -47,7 +61,7 @@ def plot_budgets(reports: Sequence[DatasetBudgetReport], path: Path) -> None:
         times = np.array([point.recorded_at for point in report.points], dtype=object)
         (line,) = axes.step(
             times,
-            [point.epsilon for point in report.points],
+            [_drawn(point.epsilon, top) for point in report.points],
             where="post",
             marker="o",
             label=f"{report.dataset_id}: ε spent ({report.accountant}, δ={report.delta:g})",
@@ -60,10 +74,9 @@ def plot_budgets(reports: Sequence[DatasetBudgetReport], path: Path) -> None:
             color=line.get_color(),
             label=f"{report.dataset_id}: cap",
         )
-    highest = max(
-        (max(p.epsilon, p.epsilon_cap) for report in reports for p in report.points), default=1.0
-    )
-    axes.set_ylim(0, highest * _HEADROOM)
+    if len(finite) < sum(2 * len(report.points) for report in reports):
+        axes.set_title("ε with no finite bound is drawn at the top edge", loc="right", fontsize=8)
+    axes.set_ylim(0, top)
     axes.set_xlabel("time of charge (UTC)")
     axes.set_ylabel("ε")
     axes.legend(loc="lower right", fontsize="small")

@@ -255,12 +255,12 @@ def reported_budgets(entries: Sequence[AuditEntry]) -> list[ReportedBudget]:
                 continue
             latest[clinic] = ReportedBudget(
                 clinic_id=clinic,
-                epsilon_spent=float(metrics[protocol.EPSILON_SPENT]),
-                epsilon_cap=float(metrics.get(protocol.EPSILON_CAP, math.nan)),
-                delta=float(metrics.get(protocol.DELTA, math.nan)),
+                epsilon_spent=_reported(metrics[protocol.EPSILON_SPENT]),
+                epsilon_cap=_reported(metrics.get(protocol.EPSILON_CAP)),
+                delta=_reported(metrics.get(protocol.DELTA)),
                 accountant=str(result.get("accountant", "unknown")),
                 run_id=str(payload.get("run_id")),
-                round=int(payload.get("round", 0)),
+                round=_round(payload.get("round")),
                 refusals=0,
             )
     for clinic in refusals.keys() - latest.keys():  # refused every round it was asked
@@ -271,3 +271,18 @@ def reported_budgets(entries: Sequence[AuditEntry]) -> list[ReportedBudget]:
         replace(budget, refusals=refusals.get(clinic, 0))
         for clinic, budget in sorted(latest.items())
     ]
+
+
+def _reported(value: object) -> float:
+    """A figure a clinic reported, as a float; NaN (shown as undefined) if it is not one: a
+    clinic's word is relayed, and a hostile clinic's junk must not end the report."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return math.nan
+    try:
+        return float(value)
+    except ValueError:
+        return math.nan
+
+
+def _round(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

@@ -36,7 +36,7 @@ from oralfed.privacy.budget_report import (
     ledger_reports,
     reported_budgets,
 )
-from oralfed.privacy.ledger import LedgerError
+from oralfed.privacy.ledger import LedgerError, UnaccountableCharge
 
 __all__ = [
     "ClinicBudgets",
@@ -55,6 +55,9 @@ class ClinicBudgets:
     reports: tuple[DatasetBudgetReport, ...]
     verification: VerificationReport
     chart: Path | None = None
+    # Why no figures could be computed: a ledger row that no release can have (an edit the
+    # verification names), so there are no reports, only the failures.
+    unaccountable: str | None = None
 
 
 @dataclass(frozen=True)
@@ -112,15 +115,25 @@ def clinic_budgets(
         raise LedgerError(
             f"state dir {state_dir}: no {LEDGER_DATABASE} (is this a clinic's state dir?)"
         )
+    unaccountable: str | None = None
     try:
         with read_ledger(path) as ledger:
             reports = ledger_reports(ledger, dataset, by_round=by_round or chart is not None)
     except SQLAlchemyError as error:
         reason = getattr(error, "orig", None) or error
         raise LedgerError(f"{path}: not a readable ledger database ({reason})") from None
-    if not reports:
+    except (UnaccountableCharge, ValueError, ArithmeticError) as error:
+        # A stored row no event can be made of (σ below the floor, a count of 0: the
+        # ledger refuses to charge those, so the row was edited), or an accountant that
+        # cannot account it: no figure can be given, the verification says what differs.
+        reports, unaccountable = [], f"{path}: the ledger's history cannot be accounted ({error})"
+    if not reports and unaccountable is None:
         raise LedgerError(f"{path}: no data set is registered in this ledger")
     verification = verify_target(state_dir=state_dir)
+    if unaccountable is not None:
+        if verification.ok:  # the log supports these rows, yet no ε can be given for them
+            raise LedgerError(unaccountable)
+        return ClinicBudgets((), verification, unaccountable=unaccountable)
     if chart is None or not verification.ok:
         return ClinicBudgets(tuple(reports), verification)
     plot_budgets(reports, chart)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from contextlib import suppress
 from pathlib import Path
+from typing import TypeGuard
 
 from oralfed.privacy.accountants import DEFAULT_ACCOUNTANT, get_accountant
 from oralfed.privacy.events import (
@@ -132,7 +134,16 @@ class CalibrationCache:
     A deployed clinic answers every Flower message in a fresh process, so an in-memory cache
     never hits there and each round would repeat the same seconds-long bisection. The key
     holds every input of the calibration, so a cached σ is exactly what a fresh calibration
-    returns; the file is rewritten atomically, and an unreadable one is simply recomputed.
+    returns; the file is rewritten atomically.
+
+    The file sits in the state directory, where anyone who can write it can edit it, so an
+    entry is evidence, not authority: a cached σ is used only if it is a valid noise level
+    whose ε, recomputed with the plan's own accountant (one evaluation, against the
+    bisection's dozens), stays within the target. An entry that fails (edited to less noise,
+    to a string, to nothing) and a file that cannot be read are ignored and the σ is
+    calibrated afresh, so the cache can make a round faster but never cheaper than its
+    target allows. A file that cannot be written (a full or read-only disk) only costs the
+    next round its own calibration.
     """
 
     def __init__(self, path: Path) -> None:
@@ -150,16 +161,33 @@ class CalibrationCache:
         others = [event_to_dict(event) for event in other_events]
         key = json.dumps([target_epsilon, sample_rate, steps, delta, accountant, others])
         entries = self._read()
-        if key not in entries:
-            entries[key] = noise_multiplier_for_epsilon(
-                target_epsilon, sample_rate, steps, delta, accountant, other_events=other_events
+        cached = entries.get(key)
+        if _valid_sigma(cached):
+            epsilon = get_accountant(accountant).epsilon(
+                [DpSgdEvent(float(cached), sample_rate, steps), *other_events], delta
             )
-            write_text_atomically(self.path, json.dumps(entries, indent=1))
-        return float(entries[key])
+            if epsilon <= target_epsilon:
+                return float(cached)
+        sigma = noise_multiplier_for_epsilon(
+            target_epsilon, sample_rate, steps, delta, accountant, other_events=other_events
+        )
+        with suppress(OSError):
+            write_text_atomically(self.path, json.dumps({**entries, key: sigma}, indent=1))
+        return sigma
 
-    def _read(self) -> dict[str, float]:
+    def _read(self) -> dict[str, object]:
         try:
             entries = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return {}
         return entries if isinstance(entries, dict) else {}
+
+
+def _valid_sigma(value: object) -> TypeGuard[float]:
+    """A cached value that can be a noise multiplier at all (the ε check comes after)."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and MIN_NOISE_MULTIPLIER <= value <= _MAX_NOISE_MULTIPLIER
+    )

@@ -69,35 +69,36 @@ class ClinicPolicy:
     def from_config(cls, config: Mapping[str, Any]) -> ClinicPolicy:
         """The policy from node-config keys (``accept-tasks = "untreated_caries,…"`` …)."""
         defaults = cls()
+        tasks = config.get(protocol.NODE_ACCEPT_TASKS)
         try:
-            tasks = config.get(protocol.NODE_ACCEPT_TASKS)
-            return cls(
-                tasks=frozenset(Task(t.strip()) for t in str(tasks).split(",") if t.strip())
+            accepted = (
+                frozenset(Task(t.strip()) for t in str(tasks).split(",") if t.strip())
                 if tasks
-                else defaults.tasks,
-                max_hidden_layers=int(
-                    config.get(protocol.NODE_ACCEPT_MAX_LAYERS, defaults.max_hidden_layers)
-                ),
-                max_hidden_width=int(
-                    config.get(protocol.NODE_ACCEPT_MAX_WIDTH, defaults.max_hidden_width)
-                ),
-                max_epsilon_per_run=float(
-                    config.get(protocol.NODE_MAX_EPSILON_PER_RUN, defaults.max_epsilon_per_run)
-                ),
-                min_noise_multiplier=float(
-                    config.get(protocol.NODE_MIN_NOISE_MULTIPLIER, defaults.min_noise_multiplier)
-                ),
-                max_rounds_per_run=int(
-                    config.get(protocol.NODE_MAX_ROUNDS_PER_RUN, defaults.max_rounds_per_run)
-                ),
-                max_eval_epsilon=float(
-                    config.get(protocol.NODE_MAX_EVAL_EPSILON, defaults.max_eval_epsilon)
-                ),
+                else defaults.tasks
             )
         except ValueError as error:
-            if isinstance(error, PolicyError):
-                raise
-            raise PolicyError(f"node config policy: {error}") from None
+            raise PolicyError(f"{protocol.NODE_ACCEPT_TASKS}: {error}") from None
+        return cls(
+            tasks=accepted,
+            max_hidden_layers=_whole(
+                config, protocol.NODE_ACCEPT_MAX_LAYERS, defaults.max_hidden_layers
+            ),
+            max_hidden_width=_whole(
+                config, protocol.NODE_ACCEPT_MAX_WIDTH, defaults.max_hidden_width
+            ),
+            max_epsilon_per_run=_number(
+                config, protocol.NODE_MAX_EPSILON_PER_RUN, defaults.max_epsilon_per_run
+            ),
+            min_noise_multiplier=_number(
+                config, protocol.NODE_MIN_NOISE_MULTIPLIER, defaults.min_noise_multiplier
+            ),
+            max_rounds_per_run=_whole(
+                config, protocol.NODE_MAX_ROUNDS_PER_RUN, defaults.max_rounds_per_run
+            ),
+            max_eval_epsilon=_number(
+                config, protocol.NODE_MAX_EVAL_EPSILON, defaults.max_eval_epsilon
+            ),
+        )
 
     def to_config(self) -> dict[str, Any]:
         """The node-config form (inverse of :meth:`from_config`)."""
@@ -164,3 +165,22 @@ class ClinicPolicy:
                 f"this release would bring the run's ε to {epsilon_this_run:.3f}, more than "
                 f"this clinic's policy allows per run ({self.max_epsilon_per_run:g})"
             )
+
+
+def _number(config: Mapping[str, Any], key: str, default: float) -> float:
+    """The number under ``key`` (``default`` if absent); anything else is named with it."""
+    value = config.get(key, default)
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return float(value)
+    except (TypeError, ValueError):
+        raise PolicyError(f"{key} must be a number, got {value!r}") from None
+
+
+def _whole(config: Mapping[str, Any], key: str, default: int) -> int:
+    """A whole number under ``key``: 3 or "3", never 3.5 rounded down behind the clinic's back."""
+    number = _number(config, key, default)
+    if not (math.isfinite(number) and number == int(number)):
+        raise PolicyError(f"{key} must be a whole number, got {config.get(key)!r}")
+    return int(number)

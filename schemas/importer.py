@@ -4,6 +4,13 @@ Every data row ends up either accepted (a :class:`PatientRecord`) or rejected wi
 rule it broke, so ``rows_read == accepted + rejected`` always holds. Problems with the file
 as a whole (not UTF-8, empty, a required column missing) refuse the whole file with one
 :class:`ContractError` that names the file and, where it applies, the line and column.
+
+Cells of any size are handled: a cell may hold at most :data:`CELL_LIMIT` (131,072)
+characters, in any column, ignored ones included. A row with a longer cell is a rejected
+row naming the row, the column and the length, and a CSV cell is never held in memory past
+the limit (:mod:`oralfed.schemas.csv_reader`); a quote that is never closed rejects the row
+it opens in. So no file, whatever it holds, ends an import with anything but a report or a
+:class:`ContractError`.
 """
 
 from __future__ import annotations
@@ -20,10 +27,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from oralfed.schemas.contract import CONTRACT_COLUMNS, REQUIRED_COLUMNS, PatientRecord
+from oralfed.schemas.csv_reader import CELL_LIMIT, CsvFileError, CsvRecord, CsvSource
 from oralfed.schemas.errors import ExitCode, OralFedError
 from oralfed.schemas.files import write_text_atomically
 
 QUARANTINE_COLUMNS = ("row", "patient_ref", "column", "value", "rule")
+# The widest header a file may have; a data row's cells past its header are counted, and
+# only this many of them kept, to show what the row has too many of.
+MAX_COLUMNS = 4_096
+SURPLUS_SHOWN = 8
 PARQUET_SUFFIXES = frozenset({".parquet", ".pq"})
 
 
@@ -92,23 +104,45 @@ class ImportResult:
 
 
 def import_file(path: Path | str) -> ImportResult:
-    """Validate every row of a contract file; raise :class:`ContractError` for a bad file."""
+    """Validate every row of a contract file; raise :class:`ContractError` for a bad file.
+
+    A CSV file is read in chunks and no cell is held past :data:`CELL_LIMIT` characters
+    (see :mod:`oralfed.schemas.csv_reader`): a row with a longer cell, in any column, is a
+    rejected row naming the row, the column and the cell's length. A Parquet cell past the
+    limit is rejected the same way.
+    """
     path = Path(path)
     if not path.is_file():
         raise ContractError(f"{path}: no such file")
-    payload = path.read_bytes()
-    fingerprint = hashlib.sha256(payload).hexdigest()
-    if path.suffix.lower() in PARQUET_SUFFIXES:
-        header, rows = _read_parquet(path)
-    else:
-        header, rows = _read_csv(path, payload)
+    try:
+        with path.open("rb") as stream:
+            if path.suffix.lower() in PARQUET_SUFFIXES:
+                fingerprint = hashlib.file_digest(stream, "sha256").hexdigest()
+                header, rows = _read_parquet(path)
+                result = _import_rows(path, header, rows)
+            else:
+                source = CsvSource(path, stream, keep=MAX_COLUMNS)
+                header, rows = _read_csv(path, source)
+                result = _import_rows(path, header, rows)
+                fingerprint = source.fingerprint
+    except CsvFileError as error:
+        raise ContractError(str(error)) from None
+    except OSError as error:
+        raise ContractError(f"{path}: cannot be read ({error.strerror or error})") from None
+    result.fingerprint = fingerprint
+    return result
+
+
+def _import_rows(path: Path, header: list[str], rows: Iterator[_Row]) -> ImportResult:
     ignored = _check_header(path, header)
-    result = ImportResult(path=path, fingerprint=fingerprint, rows_read=0, ignored_columns=ignored)
+    result = ImportResult(path=path, fingerprint="", rows_read=0, ignored_columns=ignored)
     seen_refs: dict[str, int] = {}
-    for row_number, (cells, surplus) in enumerate(rows, start=1):
+    for row_number, row in enumerate(rows, start=1):
         result.rows_read += 1
-        record, issues = validate_row(cells, surplus=surplus)
-        ref = (cells.get("patient_ref") or "").strip()
+        issues = _cell_issues(row)
+        record, row_issues = (None, []) if issues else validate_row(row.cells, surplus=row.surplus)
+        issues += row_issues
+        ref = (row.cells.get("patient_ref") or "").strip()
         if ref:
             if ref in seen_refs:
                 issues.append(
@@ -125,6 +159,24 @@ def import_file(path: Path | str) -> ImportResult:
     if result.rows_read == 0:
         raise ContractError(f"{path}: has a header row but no data rows")
     return result
+
+
+def _cell_issues(row: _Row) -> list[RowIssue]:
+    """What makes a row unreadable before any rule applies: a cell past the limit, a quote
+    the file never closes."""
+    issues = [
+        RowIssue(column, "", f"has {length:,} characters; a cell may have at most {CELL_LIMIT:,}")
+        for column, length in row.too_long.items()
+    ]
+    if row.unterminated is not None:
+        issues.append(
+            RowIssue(
+                row.unterminated,
+                "",
+                "opens a quote that is never closed: the rest of the file was read as this cell",
+            )
+        )
+    return issues
 
 
 def validate_row(
@@ -169,7 +221,6 @@ def default_quarantine_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}.quarantine.csv")
 
 
-
 def _rule_text(problem: Mapping[str, Any]) -> str:
     kind = problem["type"]
     if kind == "missing":
@@ -190,35 +241,59 @@ def _rule_text(problem: Mapping[str, Any]) -> str:
     return message[0].lower() + message[1:]
 
 
-# One data row: its cells by column (``None``: a cell the row lacks), and the cells beyond the
-# header (CSV only; ``None`` when there are none).
-_Row = tuple[dict[str, str | None], list[str] | None]
+@dataclass(frozen=True)
+class _Row:
+    """One data row: its cells by column (``None``: a cell the row lacks), the cells beyond
+    the header (CSV only; ``None`` when there are none), the columns whose cell is past
+    :data:`CELL_LIMIT` with its length, and the column of a quote never closed."""
+
+    cells: dict[str, str | None]
+    surplus: list[str] | None = None
+    too_long: dict[str, int] = field(default_factory=dict)
+    unterminated: str | None = None
 
 
-def _read_csv(path: Path, payload: bytes) -> tuple[list[str], Iterator[_Row]]:
-    try:
-        text = payload.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = payload[: error.start].count(b"\n") + 1
-        raise ContractError(
-            f"{path}: is not UTF-8 text "
-            f"(invalid byte 0x{payload[error.start]:02x} on line {line}); "
-            "export the file as UTF-8"
-        ) from None
-    if not text.strip():
+def _read_csv(path: Path, source: CsvSource) -> tuple[list[str], Iterator[_Row]]:
+    records = source.records()
+    first = next(records, None)
+    if first is None or not any(cell.strip() for cell in first.cells):
         raise ContractError(f"{path}: the file is empty (a header row and data rows are required)")
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    header = [name.strip() for name in reader.fieldnames or []]
-    reader.fieldnames = header
-    return header, _csv_rows(reader)
+    if first.width > MAX_COLUMNS:
+        raise ContractError(
+            f"{path}: header line 1 has {first.width:,} columns; a file may have at most "
+            f"{MAX_COLUMNS:,}"
+        )
+    if first.too_long:
+        column = min(first.too_long) + 1
+        raise ContractError(
+            f"{path}: header line 1, column {column}, is longer than {CELL_LIMIT:,} characters"
+        )
+    header = [name.strip() for name in first.cells]
+    # Kept beyond the header: enough cells to show what a row has too many of.
+    source.keep = len(header) + SURPLUS_SHOWN
+    return header, _csv_rows(header, records)
 
 
-def _csv_rows(reader: csv.DictReader[str]) -> Iterator[_Row]:
-    for row in reader:
-        # csv.DictReader files a row's surplus cells, as a list, under the key None (its
-        # restkey) and gives the columns a short row lacks None (its restval).
-        surplus = row.pop(None, None)
-        yield row, surplus if isinstance(surplus, list) else None
+def _csv_rows(header: list[str], records: Iterator[CsvRecord]) -> Iterator[_Row]:
+    width = len(header)
+    for record in records:
+        cells: dict[str, str | None] = dict.fromkeys(header)
+        cells.update(zip(header, record.cells, strict=False))
+        surplus = None
+        if record.width > width:
+            surplus = record.cells[width:]
+            if record.width > len(record.cells):
+                surplus.append(f"… ({record.width - width} cells in all)")
+        yield _Row(
+            cells,
+            surplus,
+            too_long={_column(header, i): n for i, n in record.too_long.items()},
+            unterminated=_column(header, record.width - 1) if record.unterminated else None,
+        )
+
+
+def _column(header: list[str], index: int) -> str:
+    return header[index] if index < len(header) else f"(cell {index + 1})"
 
 
 def _read_parquet(path: Path) -> tuple[list[str], Iterator[_Row]]:
@@ -230,11 +305,18 @@ def _read_parquet(path: Path) -> tuple[list[str], Iterator[_Row]]:
         raise ContractError(f"{path}: is not a readable Parquet file ({error})") from None
     header = [name.strip() for name in table.column_names]
     columns = {name: table.column(index).to_pylist() for index, name in enumerate(header)}
-    rows = (
-        ({name: _cell_text(values[index]) for name, values in columns.items()}, None)
-        for index in range(table.num_rows)
-    )
-    return header, rows
+    return header, (_parquet_row(columns, index) for index in range(table.num_rows))
+
+
+def _parquet_row(columns: dict[str, list[Any]], index: int) -> _Row:
+    cells = {name: _cell_text(values[index]) for name, values in columns.items()}
+    too_long = {
+        name: len(text)
+        for name, text in cells.items()
+        if text is not None and len(text) > CELL_LIMIT
+    }
+    kept = {name: "" if name in too_long else text for name, text in cells.items()}
+    return _Row(kept, None, too_long)
 
 
 def _cell_text(value: Any) -> str | None:

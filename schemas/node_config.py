@@ -60,13 +60,13 @@ class ClinicNode:
                 f"({protocol.NODE_DATASET_ID}) is never guessed from a file name because the "
                 "privacy budget belongs to the patients, not to a file"
             )
-        cap = float(config.get(protocol.NODE_EPSILON_CAP, DEFAULT_EPSILON_CAP))
-        if not (math.isfinite(cap) and cap > 0):
+        cap = _number(config, protocol.NODE_EPSILON_CAP, DEFAULT_EPSILON_CAP)
+        if cap is None or not (math.isfinite(cap) and cap > 0):
             raise NodeConfigError(
                 f"{protocol.NODE_EPSILON_CAP} must be a positive number, got {cap}"
             )
-        delta = config.get(protocol.NODE_DELTA)
-        if delta is not None and not 0 < float(delta) < 1:
+        delta = _number(config, protocol.NODE_DELTA, None)
+        if delta is not None and not 0 < delta < 1:
             raise NodeConfigError(f"{protocol.NODE_DELTA} must be between 0 and 1, got {delta}")
         public_size = config.get(protocol.NODE_PUBLIC_SIZE)
         try:
@@ -83,7 +83,7 @@ class ClinicNode:
             state_dir=Path(str(config[protocol.NODE_STATE_DIR])),
             dataset_id=str(config[protocol.NODE_DATASET_ID]),
             epsilon_cap=cap,
-            delta=None if delta is None else float(delta),
+            delta=delta,
             accountant=str(config.get(protocol.NODE_ACCOUNTANT, DEFAULT_ACCOUNTANT)),
             public_size=size,
             policy=ClinicPolicy.from_config(config),
@@ -105,3 +105,16 @@ class ClinicNode:
         if self.public_size is not None:
             config[protocol.NODE_PUBLIC_SIZE] = self.public_size
         return config
+
+
+def _number(config: Mapping[str, Any], key: str, default: float | None) -> float | None:
+    """The number under ``key`` (``default`` if absent); a value that is not one is named."""
+    value = config.get(key, default)
+    if value is None:
+        return None
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return float(value)
+    except (TypeError, ValueError):
+        raise NodeConfigError(f"{key} must be a number, got {value!r}") from None

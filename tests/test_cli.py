@@ -36,7 +36,7 @@ def test_validate_prints_report_and_writes_quarantine(
         (b"", "empty"),
         (b"a,b\n1,2\n", "not an OralFed contract file"),
         (b"patient_ref,age_years\np1,40\n", "missing required column"),
-        ("patient_ref\n\u00e9".encode("latin-1"), "not UTF-8"),
+        ("patient_r\u00e9f,age_years\np1,40\n".encode("latin-1"), "not UTF-8"),
     ],
 )
 def test_bad_files_give_one_clear_error_without_traceback(

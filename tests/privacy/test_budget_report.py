@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import create_engine
 
 from oralfed.privacy.accountants import PldAccountant, RdpAccountant
 from oralfed.privacy.audit_log import ROUND_COMPLETED, RUN_STARTED, AuditLog, read_database_log
@@ -21,6 +20,7 @@ from oralfed.privacy.budget_report import (
 )
 from oralfed.privacy.events import DpSgdEvent, GaussianEvent, LaplaceEvent
 from oralfed.privacy.ledger import PrivacyLedger
+from oralfed.server.coordinator_db import CoordinatorStore
 
 DELTA = 1e-5
 ROUND = DpSgdEvent(noise_multiplier=2.0, sample_rate=0.05, steps=100)
@@ -116,7 +116,7 @@ def test_helpers_on_empty_and_mixed_histories() -> None:
 
 
 def coordinator_log(path: Path) -> AuditLog:
-    log = AuditLog(create_engine(f"sqlite:///{path}"), Ed25519PrivateKey.generate())
+    log = AuditLog(CoordinatorStore.sqlite_file(path).engine, Ed25519PrivateKey.generate())
     log.append(RUN_STARTED, {"run_id": "r1", "settings": {}})
     return log
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine
 
 from oralfed.privacy.audit_log import ROUND_COMPLETED, AuditLog
 from oralfed.privacy.budget_plot import BudgetPlotError, plot_budgets
@@ -14,9 +13,9 @@ from oralfed.privacy.budget_views import ClinicBudgets, FederationBudgets, budge
 from oralfed.privacy.keys import load_or_create_signing_key
 from oralfed.privacy.ledger import LedgerError, PrivacyLedger, UnknownDataset
 from oralfed.schemas.errors import ExitCode
+from oralfed.server.coordinator_db import CoordinatorStore
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
 
 
 def test_a_clinic_view_is_recomputed_from_its_ledger(clinic: Path) -> None:
@@ -67,7 +66,7 @@ def test_ledger_refusals_carry_the_ledger_exit_code(clinic: Path, tmp_path: Path
 
 def test_the_coordinator_view_is_relayed_and_says_if_its_log_verifies(tmp_path: Path) -> None:
     log = AuditLog(
-        create_engine(f"sqlite:///{tmp_path / 'coordinator.db'}"),
+        CoordinatorStore.sqlite_file(tmp_path / "coordinator.db").engine,
         load_or_create_signing_key(tmp_path),
     )
     reported = {

@@ -48,10 +48,12 @@ def test_the_defaults_accept_the_platform_defaults_and_refuse_the_extremes() -> 
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({protocol.NODE_ACCEPT_TASKS: "flossing"}, "node config policy"),
+        ({protocol.NODE_ACCEPT_TASKS: "flossing"}, "accept-tasks: 'flossing' is not a valid"),
         ({protocol.NODE_ACCEPT_MAX_LAYERS: 0}, "accept-max-layers must be at least 1"),
         ({protocol.NODE_MAX_EPSILON_PER_RUN: "nan"}, "max-epsilon-per-run must be a positive"),
-        ({protocol.NODE_MIN_NOISE_MULTIPLIER: "x"}, "node config policy"),
+        ({protocol.NODE_MIN_NOISE_MULTIPLIER: "x"}, "min-noise-multiplier must be a number"),
+        ({protocol.NODE_ACCEPT_MAX_WIDTH: "wide"}, "accept-max-width must be a number"),
+        ({protocol.NODE_MAX_ROUNDS_PER_RUN: 2.5}, "max-rounds-per-run must be a whole number"),
     ],
 )
 def test_a_bad_policy_value_names_its_key(config: dict[str, object], message: str) -> None:
