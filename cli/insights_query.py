@@ -167,7 +167,8 @@ def _render_answer(answer: dict[str, Any]) -> None:
             f"{clinic['epsilon_cap']:g} (δ={clinic['delta']:g}, {clinic['accountant']})"
         )
     for refusal in answer["refusals"]:
-        console.print(f"  [yellow]{refusal['clinic']}: refused[/]: {refusal['reason']}")
+        charged = " (charged all the same)" if refusal.get("charged") else ""
+        console.print(f"  [yellow]{refusal['clinic']}: refused{charged}[/]: {refusal['reason']}")
 
 
 def _estimates(

@@ -20,7 +20,7 @@ from oralfed.deploy.errors import FederationStopped
 from oralfed.deploy.launch import launch_query
 from oralfed.deploy.simulation import LOG_FILE, QUERY_APP, launch_simulation
 from oralfed.schemas.query import QuerySpec
-from oralfed.server.insights import QuerySettings, SuppressionPolicy
+from oralfed.server.insights import QuerySettings, SuppressionPolicy, unanswered
 
 __all__ = [
     "COORDINATOR_DB_FILE",
@@ -33,7 +33,6 @@ __all__ = [
 COORDINATOR_DB_FILE = "coordinator.db"
 
 
-
 @dataclass(frozen=True)
 class SimulatedQuery:
     """A simulated query's answer, and where its traces are kept."""
@@ -41,7 +40,6 @@ class SimulatedQuery:
     answer: dict[str, Any]  # InsightAnswer.to_dict(), as recorded
     coordinator_db: Path
     log_file: Path  # Flower's and Ray's log of the simulation
-
 
 
 def query_settings(
@@ -80,7 +78,8 @@ def run_simulated_query(
 
     ``out`` (default ``runs/insights-<UTC time>``) holds the simulation's files and, for
     synthetic clinics, their data and ledgers; the answer is recorded in ``coordinator_db``
-    (default ``<out>/coordinator.db``). :class:`FederationStopped` if no answer came back.
+    (default ``<out>/coordinator.db``). :class:`FederationStopped` if no answer came back,
+    :class:`~server.insights.UnansweredQuery` if every clinic refused.
     """
     folder = _query_folder(out)
     nodes = clinic_nodes(clinics, folder, notify)
@@ -95,7 +94,7 @@ def run_simulated_query(
     result = launch_simulation(nodes, settings.public_dict(), folder, on_event, app=QUERY_APP)
     if not answers:
         raise FederationStopped(f"the query did not complete: {result.message}")
-    return SimulatedQuery(answers[0], database, folder / LOG_FILE)
+    return SimulatedQuery(_answered(answers[0]), database, folder / LOG_FILE)
 
 
 def run_deployed_query(
@@ -111,10 +110,19 @@ def run_deployed_query(
     The coordinator's ServerApp writes the answer into ``out`` (default as for
     :func:`run_simulated_query`) and records it in ``coordinator_db`` if given, else in its
     own database; ``on_line`` gets Flower's output. :class:`DeployedQueryError` if no
-    answer came back.
+    answer came back, :class:`~server.insights.UnansweredQuery` if every clinic refused.
     """
     settings = query_settings(spec, policy, coordinator_db, out_dir=_query_folder(out))
-    return launch_query(federation_dir, settings, on_line)
+    return _answered(launch_query(federation_dir, settings, on_line))
+
+
+def _answered(answer: dict[str, Any]) -> dict[str, Any]:
+    """``answer`` if a clinic took part in it; else its :class:`UnansweredQuery`, naming every
+    clinic's refusal (the answer is recorded all the same)."""
+    refusal = unanswered(answer)
+    if refusal is not None:
+        raise refusal
+    return answer
 
 
 def _query_folder(out: Path | None) -> Path:

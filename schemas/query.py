@@ -16,19 +16,31 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
-from typing import Any, Self
+from typing import Annotated, Any, Self
 
 import numpy as np
 from annotated_types import Ge, Le
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, model_validator
 
 from oralfed.schemas.contract import PatientRecord
 from oralfed.schemas.errors import ExitCode, OralFedError
 
 MAX_QUERY_EPSILON = 10.0  # beyond this a single answer is practically non-private
+# The least ε every accountant a clinic or token may use can calibrate at every δ in range:
+# calibration searches noise multipliers up to 1e4 (privacy/calibration.py), and the RDP
+# accountant's fixed orders find none for ε = 0.01 at δ = 1e-12 (tests/server/
+# test_insights_api_abuse.py checks every corner). Such noise (~200 records per count)
+# would swamp any clinic's cell anyway.
+MIN_QUERY_EPSILON = 0.05
 MAX_QUERY_DELTA = 1e-3
+# The PLD accountant certifies no noise at all at δ far below this (δ = 1e-50 fails even
+# at ε = 10), so a smaller δ would only turn into a calibration error at every clinic.
+MIN_QUERY_DELTA = 1e-12
 DEFAULT_QUERY_DELTA = 1e-6
 DEFAULT_MAX_CELLS = 64
+MAX_CELLS_LIMIT = 10_000  # the most cells an operator may allow (each is a vector entry)
+MAX_QUANTILES = 20  # each quantile is a bootstrap at the coordinator
+MAX_NAME_LENGTH = 64  # column and level names are short contract words
 DEFAULT_HISTOGRAM_BINS = 10
 DEFAULT_QUANTILE_BINS = 64  # quantiles are read off a fine fixed grid over the contract range
 MAX_BINS = 200
@@ -159,23 +171,40 @@ GROUP_BY_COLUMNS: tuple[str, ...] = (
 )
 
 
+_Name = Annotated[StrictStr, Field(max_length=MAX_NAME_LENGTH)]
+_Fraction = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+
 class QuerySpec(BaseModel):
-    """One aggregate query. Validation refuses anything the clinics could not answer safely."""
+    """One aggregate query. Validation refuses anything the clinics could not answer safely.
+
+    Every field is typed strictly (a number is never a string or a bool, a count is never
+    1.5) and bounded to what the mechanisms can calibrate, because the query is read from a
+    researcher's JSON and nothing past this model may fail on a value it let through.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     measure: Measure
-    column: str | None = None
-    value: str | None = Field(
+    column: _Name | None = None
+    value: _Name | None = Field(
         default=None, description="proportion of a category column: the level counted"
     )
-    group_by: tuple[str, ...] = ()
-    epsilon: float = Field(gt=0, le=MAX_QUERY_EPSILON, allow_inf_nan=False)
-    delta: float = Field(default=DEFAULT_QUERY_DELTA, gt=0, le=MAX_QUERY_DELTA)
+    group_by: tuple[_Name, ...] = Field(default=(), max_length=len(GROUP_BY_COLUMNS))
+    epsilon: float = Field(
+        strict=True, ge=MIN_QUERY_EPSILON, le=MAX_QUERY_EPSILON, allow_inf_nan=False
+    )
+    delta: float = Field(
+        default=DEFAULT_QUERY_DELTA,
+        strict=True,
+        ge=MIN_QUERY_DELTA,
+        le=MAX_QUERY_DELTA,
+        allow_inf_nan=False,
+    )
     mechanism: Mechanism = Mechanism.GAUSSIAN
-    bins: int | None = Field(default=None, ge=2, le=MAX_BINS)
-    quantiles: tuple[float, ...] = (0.5,)
-    max_cells: int = Field(default=DEFAULT_MAX_CELLS, ge=1, le=10_000)
+    bins: int | None = Field(default=None, strict=True, ge=2, le=MAX_BINS)
+    quantiles: tuple[_Fraction, ...] = Field(default=(0.5,), min_length=1, max_length=MAX_QUANTILES)
+    max_cells: int = Field(default=DEFAULT_MAX_CELLS, strict=True, ge=1, le=MAX_CELLS_LIMIT)
 
     @model_validator(mode="after")
     def _fits_the_contract(self) -> Self:
@@ -317,14 +346,16 @@ def parse_query(data: Mapping[str, Any], max_cells: int | None = None) -> QueryS
     """Validate a query from JSON-like data; :class:`QueryError` lists every problem by field.
 
     ``max_cells`` is the operator's limit; a caller-supplied ``max_cells`` can only lower it.
+    The caller's value is validated as a field like any other before it is compared.
     """
-    values = dict(data)
-    if max_cells is not None:
-        values["max_cells"] = min(int(values.get("max_cells", max_cells)), max_cells)
+    values = {**({} if max_cells is None else {"max_cells": max_cells}), **data}
     try:
-        return QuerySpec.model_validate(values)
+        spec = QuerySpec.model_validate(values)
+        if max_cells is not None and spec.max_cells > max_cells:
+            spec = QuerySpec.model_validate({**values, "max_cells": max_cells})
     except ValidationError as error:
         raise QueryError(_validation_message(error)) from None
+    return spec
 
 
 def _validation_message(error: ValidationError) -> str:

@@ -7,6 +7,7 @@ imports the other's code, both import this.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
@@ -15,7 +16,15 @@ from oralfed.schemas import protocol
 from oralfed.schemas.query import QuerySpec
 from oralfed.schemas.records import record_floats, record_value
 
-__all__ = ["ClinicAnswer", "ClinicRefusal", "query_content"]
+__all__ = ["ClinicAnswer", "ClinicRefusal", "query_content", "statistic_length"]
+
+
+def statistic_length(spec: QuerySpec) -> int:
+    """How many numbers a clinic's statistic part has for ``spec`` (cells x bins for bins)."""
+    if spec.statistic is None:
+        return 0
+    edges = spec.edges()
+    return spec.n_cells * (1 if edges is None else len(edges) - 1)
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,28 @@ class ClinicAnswer:
             }
         )
 
+    def problem(self, spec: QuerySpec) -> str | None:
+        """Why this answer cannot be combined for ``spec``, or None if it can.
+
+        The coordinator combines what clinics send; a broken or hostile clinic must neither
+        crash that (parts of another shape do not reshape) nor poison it (a NaN in one part
+        is a NaN in every cell). Each part must have the query's own length and every
+        number must be finite, with positive noise scales.
+        """
+        if len(self.counts) != spec.n_cells:
+            return f"{len(self.counts)} noisy counts for a query of {spec.n_cells} cells"
+        expected = statistic_length(spec)
+        if len(self.statistic) != expected:
+            return f"{len(self.statistic)} noisy statistics where the query makes {expected}"
+        scales = [self.count_noise_sd, self.noise_multiplier]
+        if expected:
+            scales.append(self.statistic_noise_sd)
+        if not all(math.isfinite(v) for v in [*self.counts, *self.statistic, *scales]):
+            return "a value that is not a finite number"
+        if min(scales) <= 0:
+            return "a noise scale that is not positive"
+        return None
+
     @classmethod
     def from_content(cls, content: RecordDict) -> ClinicAnswer:
         metrics = content[protocol.REPLY_METRICS]
@@ -74,11 +105,17 @@ class ClinicAnswer:
 
 @dataclass(frozen=True)
 class ClinicRefusal:
-    """A clinic that did not answer, and why (its budget, its data, a bad query)."""
+    """A clinic that did not answer, and why (its budget, its data, a bad query).
+
+    ``charged`` says whether the clinic's ledger holds a charge for this query all the same
+    (it failed after paying): True or False where the coordinator can tell (clinics on this
+    host), None where only the clinic's reason can (a reply over the network).
+    """
 
     clinic_id: str
     code: int
     reason: str
+    charged: bool | None = None
 
 
 def query_content(spec: QuerySpec, min_records: int) -> RecordDict:

@@ -23,7 +23,7 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +33,7 @@ import numpy as np
 from flwr.app import Context, Message, MessageType
 from flwr.serverapp import Grid, ServerApp
 
+from oralfed.privacy.events import MIN_NOISE_MULTIPLIER
 from oralfed.privacy.mechanisms import (
     CLINIC_MIN_RECORDS,
     Estimate,
@@ -61,6 +62,44 @@ class InsightError(OralFedError, ValueError):
     """A query the coordinator will not run as configured; the message names the option."""
 
     exit_code = ExitCode.INVALID_QUERY
+
+
+class UnansweredQuery(OralFedError):
+    """A query no clinic answered: nothing was released, so the asker owes nothing.
+
+    Carries every refusal (clinic, code, reason) and the clinics that were charged all the
+    same (they failed after paying), so a caller can show both; :func:`unanswered` builds it.
+    """
+
+    exit_code = ExitCode.FEDERATION_FAILED
+
+    def __init__(self, refusals: Sequence[Mapping[str, Any]]) -> None:
+        self.refusals = [dict(refusal) for refusal in refusals]
+        self.charged = [str(r["clinic"]) for r in self.refusals if r.get("charged")]
+        reasons = "; ".join(f"{r['clinic']}: {r['reason']}" for r in self.refusals)
+        message = f"no clinic answered (nothing was released): {reasons or 'no clinic connected'}"
+        if self.charged:
+            message += f". Charged without an answer: {', '.join(self.charged)}"
+        super().__init__(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": str(self), "refusals": self.refusals, "charged_clinics": self.charged}
+
+
+class BudgetsExhausted(UnansweredQuery):
+    """Every clinic refused because the query would pass its privacy budget cap."""
+
+    exit_code = ExitCode.BUDGET_EXCEEDED
+
+
+def unanswered(answer: Mapping[str, Any]) -> UnansweredQuery | None:
+    """The refusal of an answer (:meth:`InsightAnswer.to_dict`) no clinic took part in, else
+    None; every clinic out of budget is a :class:`BudgetsExhausted`."""
+    if answer["participants"]:
+        return None
+    refusals = answer["refusals"]
+    budgets = bool(refusals) and all(r["code"] == protocol.ERROR_BUDGET_EXCEEDED for r in refusals)
+    return (BudgetsExhausted if budgets else UnansweredQuery)(refusals)
 
 
 @dataclass(frozen=True)
@@ -201,6 +240,34 @@ def combine(
     return cells
 
 
+def usable_answers(
+    spec: QuerySpec, replies: Sequence[ClinicAnswer | ClinicRefusal]
+) -> tuple[list[ClinicAnswer], list[ClinicRefusal]]:
+    """The answers that can be combined, and the refusals, including every answer that cannot:
+    one of another shape or with a number that is not finite (:meth:`ClinicAnswer.problem`),
+    or a second answer under a clinic's name. Such an answer's clinic was charged."""
+    answers: list[ClinicAnswer] = []
+    refusals: list[ClinicRefusal] = []
+    for reply in replies:
+        if isinstance(reply, ClinicRefusal):
+            refusals.append(reply)
+            continue
+        problem = reply.problem(spec)
+        if problem is None and reply.noise_multiplier < MIN_NOISE_MULTIPLIER:
+            problem = (
+                f"noise multiplier {reply.noise_multiplier:g}, below the least any release "
+                f"carries ({MIN_NOISE_MULTIPLIER:g})"
+            )
+        if problem is None and any(a.clinic_id == reply.clinic_id for a in answers):
+            problem = "a second answer under this clinic's name"
+        if problem is None:
+            answers.append(reply)
+            continue
+        reason = f"answer not used: {problem}"
+        refusals.append(ClinicRefusal(reply.clinic_id, protocol.ERROR_DATA_REFUSED, reason, True))
+    return answers, refusals
+
+
 def build_answer(
     spec: QuerySpec,
     policy: SuppressionPolicy,
@@ -208,8 +275,7 @@ def build_answer(
     started: float,
     requester: str | None = None,
 ) -> InsightAnswer:
-    answers = [r for r in replies if isinstance(r, ClinicAnswer)]
-    refusals = [r for r in replies if isinstance(r, ClinicRefusal)]
+    answers, refusals = usable_answers(spec, replies)
     edges = spec.edges()
     return InsightAnswer(
         query_id=uuid.uuid4().hex,
@@ -227,7 +293,10 @@ def build_answer(
             }
             for a in answers
         ],
-        refusals=[{"clinic": r.clinic_id, "code": r.code, "reason": r.reason} for r in refusals],
+        refusals=[
+            {"clinic": r.clinic_id, "code": r.code, "reason": r.reason, "charged": r.charged}
+            for r in refusals
+        ],
         asked_at=datetime.now(UTC),
         seconds=time.perf_counter() - started,
         requester=requester,
@@ -274,16 +343,25 @@ def run_query(
         answered.add(node_id)
         if reply.has_error():
             reason = reply.error.reason or "no reason given"
-            clinic = reason[1 : reason.index("]")] if reason.startswith("[") else str(node_id)
+            named, closed, _ = reason.removeprefix("[").partition("]")
+            clinic = named if reason.startswith("[") and closed else str(node_id)
             replies.append(ClinicRefusal(clinic, int(reply.error.code), reason))
         else:
-            replies.append(ClinicAnswer.from_content(reply.content))
+            replies.append(_read_answer(reply, node_id))
     for node_id in node_ids:
         if node_id not in answered:
             replies.append(ClinicRefusal(f"node {node_id}", 0, "no reply before the timeout"))
     return build_answer(spec, policy, replies, started, requester)
 
 
+def _read_answer(reply: Message, node_id: int) -> ClinicAnswer | ClinicRefusal:
+    """A reply's answer, or a refusal naming the node if its content is not an answer."""
+    try:
+        return ClinicAnswer.from_content(reply.content)
+    except (KeyError, TypeError, ValueError) as error:
+        return ClinicRefusal(
+            f"node {node_id}", protocol.ERROR_DATA_REFUSED, f"unreadable answer: {error}", None
+        )
 
 
 # --- the query ServerApp ----------------------------------------------------------------------

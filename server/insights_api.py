@@ -15,11 +15,14 @@ noise, the least noisy one is charged, which bounds what the answer says about a
 who is at one clinic. Before any clinic is asked, the query's event calibrated at its own δ
 with the token's accountant is added to the history; if that would pass the cap the query is
 refused with 409 and nothing is spent. A query that no clinic answered released nothing and
-spends nothing. The check, the query and the charge run under one lock: one API process per
-coordinator database.
+spends nothing (409, with every clinic's refusal). The token is debited only when an answer
+is about to be returned, and never past its cap: an answer whose clinics released less noise
+than the check assumed is withheld rather than overspend. The check, the query and the
+charge run under one lock: one API process per coordinator database.
 
-Every bad request (malformed JSON, an unknown column, a group-by on a continuous column, ε
-out of range, a missing or wrong token, a passed cap) gets a 4xx with a precise message and
+Every bad request (malformed or over-deep JSON, an oversized body, a field of the wrong type,
+an unknown column, a group-by on a continuous column, ε or δ out of the range the mechanisms
+calibrate, a missing or wrong token, a passed cap) gets a 4xx with a precise message and
 spends nothing. Requests and answers are logged, and each answer is recorded in the
 coordinator database.
 
@@ -52,6 +55,8 @@ from starlette.concurrency import run_in_threadpool
 
 from oralfed.privacy.accountants import (
     DEFAULT_ACCOUNTANT,
+    PldAccountant,
+    RdpAccountant,
     UnsupportedEvent,
     get_accountant,
 )
@@ -63,12 +68,20 @@ from oralfed.schemas.model import RiskModel, load_model
 from oralfed.schemas.query import (
     DEFAULT_QUERY_DELTA,
     MAX_QUERY_DELTA,
+    MIN_QUERY_DELTA,
     QueryError,
     QuerySpec,
     parse_query,
 )
 from oralfed.server.coordinator_db import Base, CoordinatorStore, utcnow
-from oralfed.server.insights import InsightAnswer, QueryBackend, SuppressionPolicy, run_and_record
+from oralfed.server.insights import (
+    InsightAnswer,
+    QueryBackend,
+    SuppressionPolicy,
+    UnansweredQuery,
+    run_and_record,
+    unanswered,
+)
 from oralfed.server.model_insights import (
     ProfileError,
     ReferencePopulation,
@@ -83,6 +96,21 @@ TOKEN_PREFIX = "ofi"
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 # ε comparisons tolerate float noise in the accountant's answer, no more.
 _CAP_SLACK = 1e-12
+# The accountants a clinic can answer a query with: prv cannot analyse the discrete
+# releases (privacy/accountants/prv.py), so a clinic counting with it refuses every query.
+_DISCRETE_ACCOUNTANTS = (PldAccountant.name, RdpAccountant.name)
+# A query or a habit profile is an object of scalars and short lists: a few hundred bytes,
+# depth 2. The limits are far above that and far below what could hurt the parser.
+MAX_BODY_BYTES = 64 * 1024
+MAX_JSON_DEPTH = 8
+# What each kind of OralFedError a request can meet is, as an HTTP status; other kinds are
+# the server's own state (a ledger, a model file), not the request: 503.
+_STATUS_OF = {
+    ExitCode.USAGE: 400,
+    ExitCode.INVALID_QUERY: 400,
+    ExitCode.BUDGET_EXCEEDED: 409,
+    ExitCode.FEDERATION_FAILED: 409,
+}
 log = logging.getLogger("oralfed.insights.api")
 
 
@@ -157,8 +185,10 @@ def create_token(
         raise TokenError("a token name must not be empty")
     if not (math.isfinite(epsilon_cap) and epsilon_cap > 0):
         raise TokenError(f"a token's epsilon cap must be a positive number, got {epsilon_cap}")
-    if not 0 < delta <= MAX_QUERY_DELTA:
-        raise TokenError(f"a token's delta must be in (0, {MAX_QUERY_DELTA:g}], got {delta:g}")
+    if not MIN_QUERY_DELTA <= delta <= MAX_QUERY_DELTA:  # the δs its ε can be computed at
+        raise TokenError(
+            f"a token's delta must be in [{MIN_QUERY_DELTA:g}, {MAX_QUERY_DELTA:g}], got {delta:g}"
+        )
     try:
         get_accountant(accountant)
     except ValueError as error:
@@ -216,18 +246,23 @@ def _token_info(row: ApiTokenRow) -> TokenInfo:
     )
 
 
-def expected_event(spec: QuerySpec, accountant: str) -> PrivacyEvent:
-    """What a clinic will release for ``spec`` if it calibrates at the query's own δ with
-    ``accountant``: a clinic at a smaller δ adds more noise, never less."""
-    return calibrate(
-        spec.mechanism.value, spec.epsilon, spec.delta, releases_for(spec.statistic), accountant
-    ).event
+def expected_event(spec: QuerySpec) -> PrivacyEvent:
+    """The least noisy release an honest clinic can make for ``spec``: each calibrates with
+    its own accountant at a δ no larger than the query's, and a smaller δ adds more noise,
+    never less. Checking the token's cap with this bounds whatever the clinics release."""
+    releases = releases_for(spec.statistic)
+    multipliers = [
+        calibrate(
+            spec.mechanism.value, spec.epsilon, spec.delta, releases, accountant
+        ).noise_multiplier
+        for accountant in _DISCRETE_ACCOUNTANTS
+    ]
+    return NoiseCalibration(NoiseKind(spec.mechanism.value), min(multipliers), releases).event
 
 
-def released_event(answer: InsightAnswer) -> PrivacyEvent | None:
-    """The least noisy of the answering clinics' releases; None when no clinic answered."""
-    if not answer.participants:
-        return None
+def released_event(answer: InsightAnswer) -> PrivacyEvent:
+    """The least noisy of the answering clinics' releases (a clinic answered: see
+    :func:`server.insights.unanswered`)."""
     return NoiseCalibration(
         NoiseKind(answer.spec.mechanism.value),
         min(float(p["noise_multiplier"]) for p in answer.participants),
@@ -296,14 +331,7 @@ def create_app(
         return loaded
 
     async def json_body(request: Request) -> dict[str, Any]:
-        raw = await request.body()
-        try:
-            data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise _BadRequest(400, f"malformed JSON body: {error}") from None
-        if not isinstance(data, dict):
-            raise _BadRequest(400, "the JSON body must be an object")
-        return data
+        return parse_json_object(await read_body(request))
 
     def holder(request: Request) -> TokenInfo:
         token = authenticate(store, request.headers.get("authorization"))
@@ -314,6 +342,14 @@ def create_app(
     @app.exception_handler(_BadRequest)
     async def _refused(request: Request, error: _BadRequest) -> JSONResponse:
         return _error(error.status, error.message)
+
+    @app.exception_handler(UnansweredQuery)
+    async def _unanswered(request: Request, error: UnansweredQuery) -> JSONResponse:
+        return JSONResponse(error.to_dict(), status_code=409)
+
+    @app.exception_handler(OralFedError)
+    async def _oralfed(request: Request, error: OralFedError) -> JSONResponse:
+        return _error(_STATUS_OF.get(error.exit_code, 503), str(error))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:
@@ -335,7 +371,7 @@ def create_app(
             token = load_token(store, authenticated.token_id)  # the history may have grown
             try:
                 spent = token.epsilon()
-                would_spend = token.epsilon([expected_event(spec, token.accountant)])
+                would_spend = token.epsilon([expected_event(spec)])
             except UnsupportedEvent as error:
                 raise _BadRequest(400, f"token {token.name!r}: {error}") from None
             if would_spend > token.epsilon_cap + _CAP_SLACK:
@@ -347,9 +383,21 @@ def create_app(
                     "Nothing was spent.",
                 )
             answer = run_and_record(lambda: run_query(spec, policy, token.name), coordinator_db)
+            refusal = unanswered(answer.to_dict())
+            if refusal is not None:
+                raise refusal  # nothing was released: nothing is charged
             event = released_event(answer)
-            if event is not None:
-                charge_token(store, token.token_id, answer.query_id, event)
+            after = token.epsilon([event])
+            if after > token.epsilon_cap + _CAP_SLACK:
+                raise _BadRequest(
+                    409,
+                    "token budget: a clinic released less noise than any honest clinic "
+                    f"calibrates for this query, which would bring {token.name!r} to "
+                    f"ε={after:.4g} > cap {token.epsilon_cap:g}; the answer is withheld and "
+                    "nothing was spent from the token (charged clinics: "
+                    f"{', '.join(p['clinic'] for p in answer.participants)}).",
+                )
+            charge_token(store, token.token_id, answer.query_id, event)
             return answer, load_token(store, token.token_id)
 
     @app.get("/v1/token", summary="The calling token's ε cap, δ and spend")
@@ -370,9 +418,6 @@ def create_app(
             raise _BadRequest(400, str(error)) from None
         log.info("query from %s: %s", token.name, json.dumps(data, sort_keys=True))
         answer, charged = await run_in_threadpool(answer_within_cap, token, spec)
-        if not answer.participants:
-            reasons = "; ".join(r["reason"] for r in answer.refusals) or "no clinic connected"
-            raise _BadRequest(409, f"no clinic answered (nothing was spent): {reasons}")
         result = answer.to_dict()
         log.info("answer %s to %s: %s", answer.query_id, token.name, json.dumps(result))
         return {**result, "token": charged.status()}
@@ -403,6 +448,70 @@ def create_app(
         }
 
     return app
+
+
+async def read_body(request: Request) -> bytes:
+    """The raw body, refused with 413 as soon as it passes :data:`MAX_BODY_BYTES` (a declared
+    length is checked before a byte is read)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _too_large()
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise _too_large()
+    return bytes(body)
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """A JSON object from a UTF-8 body, refused with 400 (naming why) before the parser ever
+    recurses past :data:`MAX_JSON_DEPTH` or meets a number JSON does not have (NaN,
+    Infinity) or one Python will not convert (an integer of thousands of digits)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise _BadRequest(400, f"malformed JSON body: not UTF-8 ({error})") from None
+    if json_depth(text) > MAX_JSON_DEPTH:
+        raise _BadRequest(400, f"malformed JSON body: nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        data = json.loads(text, parse_constant=_not_json)
+    except ValueError as error:  # JSONDecodeError, a non-JSON constant, an enormous integer
+        raise _BadRequest(400, f"malformed JSON body: {error}") from None
+    if not isinstance(data, dict):
+        raise _BadRequest(400, "the JSON body must be an object")
+    return data
+
+
+def json_depth(text: str) -> int:
+    """How deeply arrays and objects nest in ``text``, counted without parsing (brackets
+    inside strings do not count), so a hostile body cannot make the parser recurse."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def _not_json(constant: str) -> float:
+    raise ValueError(f"{constant} is not a JSON number")
+
+
+def _too_large() -> _BadRequest:
+    return _BadRequest(413, f"the request body is larger than {MAX_BODY_BYTES} bytes")
 
 
 class _BadRequest(Exception):

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from oralfed.deploy.local_clinics import answer_in_process
 from oralfed.privacy.accountants import get_accountant
-from oralfed.privacy.ledger import PrivacyLedger
+from oralfed.privacy.ledger import LEDGER_FILE, PrivacyLedger, UnknownDataset
 from oralfed.privacy.mechanisms import calibrate
 from oralfed.schemas.errors import ExitCode
 from oralfed.schemas.features import Task
@@ -90,10 +90,17 @@ def api_client(store: CoordinatorStore, clinics: list[ClinicNode], token: str) -
 
 
 def clinic_charges(clinics: list[ClinicNode]) -> list[int]:
+    """Each clinic's number of charges; 0 for one never asked (no ledger is made to tell)."""
     counts = []
     for clinic in clinics:
+        if not (clinic.state_dir / LEDGER_FILE).is_file():
+            counts.append(0)
+            continue
         with PrivacyLedger.in_state_dir(clinic.state_dir) as ledger:
-            counts.append(len(ledger.history(clinic.dataset_id)))
+            try:
+                counts.append(len(ledger.history(clinic.dataset_id)))
+            except UnknownDataset:
+                counts.append(0)
     return counts
 
 
@@ -121,13 +128,10 @@ def test_token_spend_is_the_accountants_epsilon_at_delta_and_the_cap_holds(
     assert clinic_charges(clinics) == before == [10, 10]  # no clinic was asked
 
 
-@pytest.mark.parametrize("measure", ["count", "proportion"])
-def test_a_query_no_clinic_answered_spends_nothing_from_the_token(
-    tmp_path: Path, store: CoordinatorStore, write_csv: WriteCsv, measure: str
-) -> None:
-    """Every clinic's own cap refuses the query, or no clinic is connected: nothing was
-    released, so the token owes nothing (a count was charged in full, a proportion crashed)."""
-    exhausted = [
+@pytest.fixture
+def exhausted(tmp_path: Path, write_csv: WriteCsv) -> list[ClinicNode]:
+    """Two clinics whose caps no query of ε = 0.5 fits."""
+    return [
         ClinicNode(
             name,
             write_csv(good_rows(150), name=f"{name}.csv"),
@@ -137,6 +141,14 @@ def test_a_query_no_clinic_answered_spends_nothing_from_the_token(
         )
         for name in ("east", "west")
     ]
+
+
+@pytest.mark.parametrize("measure", ["count", "proportion"])
+def test_a_query_no_clinic_answered_spends_nothing_from_the_token(
+    store: CoordinatorStore, exhausted: list[ClinicNode], measure: str
+) -> None:
+    """Every clinic's own cap refuses the query, or no clinic is connected: nothing was
+    released, so the token owes nothing (a count was charged in full, a proportion crashed)."""
     token = create_token(store, "mallory", epsilon_cap=1.0)
     query = {**SMALL_QUERY, "measure": measure, "epsilon": 0.5}
     for clinics, reason in ((exhausted, "would bring ε"), ([], "no clinic connected")):

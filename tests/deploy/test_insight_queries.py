@@ -105,22 +105,26 @@ def test_the_settings_carry_the_query_and_floors_to_either_server_app(tmp_path: 
     assert query_settings(spec, policy).coordinator_db is None  # the coordinator's default
 
 
+def simulate_here(
+    clinics: list[ClinicNode],
+    settings_json: dict[str, Any],
+    out_dir: Path,
+    on_event: Any,
+    app: str,
+) -> SimulationResult:
+    """``launch_simulation`` for a query, minus Flower: the ServerApp's settings, answered
+    by the clinics' own code here, the answer sent as the simulation's event."""
+    settings = QuerySettings(**settings_json)
+    assert app == QUERY_APP and settings.expected_clinics == len(clinics)
+    out_dir.mkdir(parents=True, exist_ok=True)  # the simulation makes its folder
+    on_event({"event": "answer", "answer": answer_here(clinics, settings)})
+    return SimulationResult("local", "completed", None, [])
+
+
 def test_a_simulated_query_is_answered_charged_and_recorded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def simulate(
-        clinics: list[ClinicNode],
-        settings_json: dict[str, Any],
-        out_dir: Path,
-        on_event: Any,
-        app: str,
-    ) -> SimulationResult:
-        settings = QuerySettings(**settings_json)
-        assert app == QUERY_APP and settings.expected_clinics == len(clinics)
-        on_event({"event": "answer", "answer": answer_here(clinics, settings)})
-        return SimulationResult("local", "completed", None, [])
-
-    monkeypatch.setattr(insight_queries, "launch_simulation", simulate)
+    monkeypatch.setattr(insight_queries, "launch_simulation", simulate_here)
     out = tmp_path / "query"
     run = run_simulated_query(SPEC, POLICY, TWO_CLINICS, out)
     assert sorted(p["clinic"] for p in run.answer["participants"]) == ["clinic-01", "clinic-02"]

@@ -33,7 +33,10 @@ def test_kinds_and_bounds_come_from_the_contract() -> None:
         ({"measure": "mean", "column": "shoe_size", "epsilon": 1}, "column: unknown column"),
         ({"measure": "mean", "column": "sex", "epsilon": 1}, "needs a boolean, numeric column"),
         ({"measure": "sum"}, "epsilon: Field required"),
-        ({"measure": "count", "epsilon": 0}, "epsilon: Input should be greater than 0"),
+        (
+            {"measure": "count", "epsilon": 0},
+            "epsilon: Input should be greater than or equal to 0.05",
+        ),
         ({"measure": "count", "epsilon": 11}, "epsilon: Input should be less than"),
         ({"measure": "count", "epsilon": 1, "delta": 0.5}, "delta: Input should be less"),
         ({"measure": "count", "epsilon": 1, "group_by": ["bmi"]}, "'bmi' is continuous"),

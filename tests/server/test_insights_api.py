@@ -115,6 +115,7 @@ def test_tokens_are_stored_hashed(api: Api) -> None:
         ({"epsilon_cap": float("inf")}, "epsilon cap"),
         ({"epsilon_cap": 1.0, "delta": 0.0}, "delta"),
         ({"epsilon_cap": 1.0, "delta": 0.01}, "delta"),
+        ({"epsilon_cap": 1.0, "delta": 5e-324}, "delta"),  # no accountant's ε exists there
         ({"epsilon_cap": 1.0, "accountant": "abacus"}, "unknown accountant 'abacus'"),
     ],
 )
@@ -168,7 +169,7 @@ def test_the_token_cap_refuses_before_any_clinic_is_asked(api: Api) -> None:
         (b"[1, 2]", 400, "must be an object"),
         ({**QUERY, "column": "shoe_size"}, 400, "unknown column 'shoe_size'"),
         ({**QUERY, "group_by": ["bmi"]}, 400, "'bmi' is continuous"),
-        ({**QUERY, "epsilon": 0}, 400, "epsilon: Input should be greater than 0"),
+        ({**QUERY, "epsilon": 0}, 400, "epsilon: Input should be greater than or equal to 0.05"),
         ({**QUERY, "epsilon": -1}, 400, "epsilon"),
     ],
 )
