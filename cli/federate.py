@@ -15,10 +15,18 @@ from oralfed.cli.output import console, error_console, print_json
 from oralfed.cli.settings_options import SettingValues, run_setting_options
 from oralfed.deploy.clinic_sources import ClinicSource
 from oralfed.deploy.errors import FederationStopped
-from oralfed.deploy.simulated_run import SimulatedRun, new_run_folder, run_simulated_federation
+from oralfed.deploy.simulated_run import (
+    SimulatedRun,
+    SimulatedRunResult,
+    new_run_folder,
+    resume_simulated_federation,
+    run_simulated_federation,
+)
 from oralfed.deploy.simulation import EventCallback
 from oralfed.schemas.errors import ExitCode
 from oralfed.schemas.node_config import DEFAULT_EPSILON_CAP
+from oralfed.schemas.settings import run_settings
+from oralfed.server.checkpoint import resumed_settings, unfinished_checkpoint
 
 
 @run_setting_options(exclude=("coordinator_url",))
@@ -64,18 +72,34 @@ def federate(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print report.json instead of tables.")
     ] = False,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="RUN_DIR",
+            help="Continue the run in this folder from its last completed round, with its "
+            "clinics and settings (only --min-clinics and --round-timeout may change).",
+        ),
+    ] = None,
 ) -> None:
     """Run a differentially private federation of clinics with Flower's Simulation Engine."""
-    run = SimulatedRun(
-        settings=settings.build(out_dir=new_run_folder(out)),
-        source=ClinicSource(clinics, data, state_dir, epsilon_cap=epsilon_cap),
-        baselines=baselines,
-        declare_sizes=declare_sizes,
-    )
-    out_dir = run.settings.out_dir
-    try:
-        with _round_progress(run.settings.rounds) as on_event:
-            result = run_simulated_federation(
+    if resume is not None:
+        checkpoint = unfinished_checkpoint(resume.resolve())
+        resumed = resumed_settings(checkpoint, resume.resolve(), setting_changes(settings))
+        out_dir, rounds, done = resumed.out_dir, resumed.rounds, checkpoint.round
+
+        def start(on_event: EventCallback) -> SimulatedRunResult:
+            return resume_simulated_federation(checkpoint, resumed, on_event)
+    else:
+        run = SimulatedRun(
+            settings=settings.build(out_dir=new_run_folder(out)),
+            source=ClinicSource(clinics, data, state_dir, epsilon_cap=epsilon_cap),
+            baselines=baselines,
+            declare_sizes=declare_sizes,
+        )
+        out_dir, rounds, done = run.settings.out_dir, run.settings.rounds, 0
+
+        def start(on_event: EventCallback) -> SimulatedRunResult:
+            return run_simulated_federation(
                 run,
                 notify=console.print,
                 on_event=on_event,
@@ -83,6 +107,10 @@ def federate(
                     "Training baselines (central pool, local-only) on the same data..."
                 ),
             )
+
+    try:
+        with _round_progress(rounds, done) as on_event:
+            result = start(on_event)
     except KeyboardInterrupt:  # the simulation's process group is already stopped
         error_console.print(
             "[bold red]interrupted[/]: the federation and every process it "
@@ -100,9 +128,20 @@ def federate(
         raise FederationStopped(f"the federation stopped: {result.report['message']}")
 
 
+def setting_changes(settings: SettingValues) -> dict[str, Any]:
+    """The run settings given a value other than their default: what a resumed run is asked
+    to change (a setting left at its default keeps the run's own value)."""
+    return {
+        item.name: value
+        for item in run_settings()
+        if (value := settings.given.get(item.name)) is not None
+        and item.convert(value) != item.default
+    }
+
+
 @contextmanager
-def _round_progress(total: int) -> Iterator[EventCallback]:
-    """A progress bar over the rounds, with one line per round summary."""
+def _round_progress(total: int, done: int = 0) -> Iterator[EventCallback]:
+    """A progress bar over the rounds (``done`` already), with one line per round summary."""
     progress = Progress(
         TextColumn("[bold]Federation[/]"),
         BarColumn(),
@@ -111,7 +150,7 @@ def _round_progress(total: int) -> Iterator[EventCallback]:
         console=console,
     )
     with progress:
-        bar = progress.add_task("rounds", total=total)
+        bar = progress.add_task("rounds", total=total, completed=done)
 
         def on_event(event: dict[str, Any]) -> None:
             if event.get("event") != "round":
@@ -123,8 +162,7 @@ def _round_progress(total: int) -> Iterator[EventCallback]:
             )
             progress.console.print(
                 f"round {summary['round']}: {len(summary['trained'])} clinic(s) trained, "
-                f"refused/failed: {refused}"
-                + _evaluation_text(summary.get("evaluation"))
+                f"refused/failed: {refused}" + _evaluation_text(summary.get("evaluation"))
             )
 
         yield on_event

@@ -10,13 +10,15 @@ import typer
 from rich.table import Table
 
 from oralfed.cli.deploy import DEFAULT_FEDERATION_DIR, FederationDir
-from oralfed.cli.federate import render_report
+from oralfed.cli.federate import render_report, setting_changes
 from oralfed.cli.output import console, print_json
 from oralfed.cli.settings_options import SettingValues, run_setting_options
 from oralfed.deploy.errors import FederationStopped
 from oralfed.deploy.federation_dir import FederationConfig
 from oralfed.deploy.launch import launch_run, list_runs, stop_run
 from oralfed.deploy.simulated_run import new_run_folder
+from oralfed.schemas.settings import FederationSettings, run_settings
+from oralfed.server.checkpoint import RESUMABLE_CHANGES, resumed_settings, unfinished_checkpoint
 
 app = typer.Typer(help="Run federations on the deployed coordinator.", no_args_is_help=True)
 
@@ -37,7 +39,33 @@ def launch(
 ) -> None:
     """Start a run on the SuperLink (`flwr run`), stream its progress, print the report."""
     FederationConfig.load(federation_dir)  # a clear error before anything starts
-    run_settings = settings.build(out_dir=new_run_folder(out))
+    _run_and_report(federation_dir, settings.build(out_dir=new_run_folder(out)), as_json)
+
+
+@app.command()
+@run_setting_options(
+    exclude=tuple(item.name for item in run_settings() if item.name not in RESUMABLE_CHANGES)
+)
+def resume(
+    settings: SettingValues,
+    run: Annotated[Path, typer.Argument(help="The run's folder on the coordinator (its --out).")],
+    federation_dir: FederationDir = DEFAULT_FEDERATION_DIR,
+    as_json: Annotated[bool, typer.Option("--json", help="Print report.json at the end.")] = False,
+) -> None:
+    """Continue a run whose coordinator stopped, from its last completed round: clinics
+    resend what they already released for a round and pay for no round twice."""
+    FederationConfig.load(federation_dir)
+    folder = run.resolve()
+    checkpoint = unfinished_checkpoint(folder)
+    resumed = resumed_settings(checkpoint, folder, setting_changes(settings))
+    if not as_json:
+        console.print(f"Resuming run {checkpoint.run_id} after round {checkpoint.round}")
+    _run_and_report(federation_dir, resumed, as_json)
+
+
+def _run_and_report(federation_dir: Path, run_settings: FederationSettings, as_json: bool) -> None:
+    """Run on the SuperLink, stream its progress, print the report; a run that did not
+    complete is a :class:`FederationStopped` error (its report is kept)."""
 
     def show(line: str) -> None:
         if PROGRESS_LINE.search(line):

@@ -8,9 +8,10 @@ malformed config is a refusal that names the key, never a crash.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-from flwr.app import ConfigRecord
+from flwr.app import ConfigRecord, Message
 
 from oralfed.schemas import protocol
 from oralfed.schemas.errors import ExitCode, OralFedError
@@ -18,7 +19,17 @@ from oralfed.schemas.features import Task
 from oralfed.schemas.records import record_value
 from oralfed.schemas.settings import DEFAULT_HIDDEN_SIZES, DpEngineName
 
-__all__ = ["EvaluateRequest", "RequestError", "TrainRequest", "read_evaluate", "read_train"]
+__all__ = [
+    "EvaluateRequest",
+    "RequestError",
+    "TrainRequest",
+    "read_evaluate",
+    "read_train",
+    "run_id_of",
+]
+
+# What a run id may look like: the coordinator's uuid4 hex, or Flower's integer run id.
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class RequestError(OralFedError):
@@ -34,6 +45,7 @@ class EvaluateRequest:
     task: Task
     hidden_sizes: tuple[int, ...]
     eval_epsilon: float
+    run_id: str | None  # the OralFed run id (protocol.CFG_RUN_ID), if the coordinator sent one
 
 
 @dataclass(frozen=True)
@@ -57,9 +69,21 @@ def read_evaluate(config: ConfigRecord) -> EvaluateRequest:
             task=Task(record_value(config, protocol.CFG_TASK, str)),
             hidden_sizes=_hidden_sizes(config),
             eval_epsilon=record_value(config, protocol.CFG_EVAL_EPSILON, float),
+            run_id=_run_id(config),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise RequestError(f"unreadable request: {error}") from None
+
+
+def run_id_of(request: EvaluateRequest, msg: Message) -> str:
+    """The run a request belongs to: the OralFed run id the coordinator sent, else Flower's.
+
+    Flower gives a resumed run a new run id; the OralFed id stays, so the ledger's per-run
+    checks and the charges already made count for the run as a whole. The id is the
+    coordinator's word, as Flower's is (a coordinator may start as many Flower runs as it
+    likes): the lifetime cap, not the per-run bound, is what holds against a dishonest one.
+    """
+    return request.run_id if request.run_id is not None else str(msg.metadata.run_id)
 
 
 def read_train(config: ConfigRecord) -> TrainRequest:
@@ -81,6 +105,15 @@ def read_train(config: ConfigRecord) -> TrainRequest:
         )
     except (KeyError, TypeError, ValueError) as error:
         raise RequestError(f"unreadable request: {error}") from None
+
+
+def _run_id(config: ConfigRecord) -> str | None:
+    if protocol.CFG_RUN_ID not in config:
+        return None
+    run_id = record_value(config, protocol.CFG_RUN_ID, str)
+    if not RUN_ID_PATTERN.fullmatch(run_id):
+        raise ValueError(f"{protocol.CFG_RUN_ID} must be 1 to 64 letters, digits, '.', '_' or '-'")
+    return run_id
 
 
 def _hidden_sizes(config: ConfigRecord) -> tuple[int, ...]:

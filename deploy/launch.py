@@ -5,6 +5,10 @@ the app bundle is built from this project, the settings travel as ``--run-config
 keys of ``[tool.flwr.app.config]``), and the ServerApp writes ``history.json`` and the
 model into ``out-dir`` on the coordinator. The report is built from that history exactly as
 for a simulated federation, without baselines: the coordinator holds no data to train them.
+
+A run is resumed (``oralfed federation resume``) by launching it again into its own run
+folder with the checkpointed settings: the ServerApp finds the folder's checkpoint and
+continues (``oralfed.server.checkpoint``), and ``history.json`` covers every round.
 """
 
 from __future__ import annotations

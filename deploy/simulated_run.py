@@ -18,13 +18,19 @@ from oralfed.client.data import ClinicData, load_clinic_data, training_records
 from oralfed.deploy.baselines import BaselineComparison, add_comparison, compare_with_baselines
 from oralfed.deploy.clinic_sources import ClinicSource, Notify, clinic_nodes
 from oralfed.deploy.errors import RunFolderError
-from oralfed.deploy.simulation import EventCallback, SimulationResult, launch_simulation
+from oralfed.deploy.simulation import (
+    EventCallback,
+    SimulationResult,
+    launch_simulation,
+    simulated_clinics,
+)
 from oralfed.schemas.files import write_json_atomically
 from oralfed.schemas.importer import ImportResult, import_file, write_quarantine
 from oralfed.schemas.model import load_model
 from oralfed.schemas.node_config import ClinicNode
 from oralfed.schemas.settings import FederationSettings
 from oralfed.server.app import GLOBAL_MODEL_FILE
+from oralfed.server.checkpoint import Checkpoint
 from oralfed.server.report import REPORT_FILE, build_run_report
 
 NON_PRIVATE_BASELINES_FILE = "baselines-non-private.json"
@@ -34,6 +40,7 @@ __all__ = [
     "SimulatedRun",
     "SimulatedRunResult",
     "new_run_folder",
+    "resume_simulated_federation",
     "run_simulated_federation",
 ]
 
@@ -103,13 +110,7 @@ def run_simulated_federation(
             f"{len(nodes)} clinic(s) found, fewer than min-clinics {settings.min_clinics}"
         )
     simulation = launch_simulation(nodes, settings.public_dict(), out, on_event)
-    report = build_run_report(
-        run_id=simulation.run_id,
-        status=simulation.status,
-        message=simulation.message,
-        settings=settings.public_dict(),
-        rounds=simulation.rounds,
-    )
+    report = _run_report(settings, simulation, simulation.rounds)
     model_path = out / GLOBAL_MODEL_FILE
     if simulation.status == "completed" and run.trains_baselines:
         on_baselines()
@@ -121,6 +122,40 @@ def run_simulated_federation(
             add_comparison(report, comparison)
         else:
             report["baselines"] = _keep_apart(comparison, report, out)
+    return _finish(report, simulation, out)
+
+
+def resume_simulated_federation(
+    checkpoint: Checkpoint, settings: FederationSettings, on_event: EventCallback | None = None
+) -> SimulatedRunResult:
+    """Continue the simulated run in ``settings.out_dir`` from its ``checkpoint`` (see
+    ``oralfed.server.checkpoint.resumed_settings``), with the same clinics. The report
+    covers every round; the baselines are not trained again (a resumed report has none)."""
+    out = settings.out_dir
+    if out is None:
+        raise RunFolderError("a resumed run needs its run folder (out_dir)")
+    nodes = simulated_clinics(out)
+    simulation = launch_simulation(nodes, settings.public_dict(), out, on_event)
+    report = _run_report(settings, simulation, [*checkpoint.history, *simulation.rounds])
+    report["resumed_after_round"] = checkpoint.round
+    return _finish(report, simulation, out)
+
+
+def _run_report(
+    settings: FederationSettings, simulation: SimulationResult, rounds: list[dict[str, Any]]
+) -> dict[str, Any]:
+    return build_run_report(
+        run_id=simulation.run_id,
+        status=simulation.status,
+        message=simulation.message,
+        settings=settings.public_dict(),
+        rounds=rounds,
+    )
+
+
+def _finish(report: dict[str, Any], simulation: SimulationResult, out: Path) -> SimulatedRunResult:
+    """Name the model file in the report and write ``report.json``."""
+    model_path = out / GLOBAL_MODEL_FILE
     report["model_file"] = str(model_path) if model_path.exists() else None
     write_json_atomically(out / REPORT_FILE, report)
     return SimulatedRunResult(report, simulation, out)
@@ -149,7 +184,6 @@ def _check_clinic_file(
     result = import_file(node.data_path)
     data = load_clinic_data(node.clinic_id, node.data_path, settings.task)  # refuses unusable
     return result, data
-
 
 
 def _report_import(

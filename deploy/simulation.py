@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from oralfed.deploy.errors import RunFolderError
 from oralfed.schemas.files import dumps, write_json_atomically
 from oralfed.schemas.node_config import ClinicNode
 
@@ -58,6 +59,7 @@ def launch_simulation(
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = {"app": app, "clinics": [c.to_config() for c in clinics], "settings": settings_json}
     write_json_atomically(out_dir / SPEC_FILE, spec)
+    (out_dir / OUTCOME_FILE).unlink(missing_ok=True)  # a resumed run's folder has an old one
     read_fd, write_fd = os.pipe()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_DEDUP_LOGS": "0", "PYTHONUNBUFFERED": "1"}
     with (out_dir / LOG_FILE).open("ab") as log:
@@ -98,6 +100,18 @@ def launch_simulation(
     )
 
 
+def simulated_clinics(out_dir: Path) -> list[ClinicNode]:
+    """The clinics of the simulation run in ``out_dir`` (from its spec), to resume it."""
+    spec_path = out_dir / SPEC_FILE
+    try:
+        spec = json.loads(spec_path.read_text())
+        return [ClinicNode.from_config(entry) for entry in spec["clinics"]]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise RunFolderError(
+            f"{out_dir} is not a simulated run's folder: {spec_path} cannot be read ({error})"
+        ) from None
+
+
 def _end_process_group(child: subprocess.Popen[bytes]) -> None:
     """Terminate the child's session (Ray included); escalate to SIGKILL after a grace."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -128,7 +142,7 @@ def _run_child(out_dir: Path, events_fd: int) -> int:
     torch.set_num_threads(1)
     logging.getLogger("flwr").setLevel(logging.INFO)
     spec = json.loads((out_dir / SPEC_FILE).read_text())
-    clinics = [ClinicNode.from_config(entry) for entry in spec["clinics"]]
+    clinics = simulated_clinics(out_dir)
     events = os.fdopen(events_fd, "w", encoding="utf-8", buffering=1)
 
     def emit(payload: dict[str, Any]) -> None:

@@ -55,6 +55,10 @@ CFG_HIDDEN_SIZES: Final = "hidden-sizes"
 CFG_EVAL_EPSILON: Final = "eval-epsilon"  # ε per evaluation release
 CFG_EVAL_COUNT: Final = "eval-count"  # evaluations planned in the run (the target covers them)
 CFG_DP_ENGINE: Final = "dp-engine"  # a settings.DpEngineName (client/dp_engines.py)
+# The OralFed run id. A resumed run is a new Flower run (a new ``msg.metadata.run_id``) but
+# the same OralFed run: clinics charge their ledger, check per-run policy and find the
+# releases they already made under this id (client/release_store.py).
+CFG_RUN_ID: Final = "oralfed-run-id"
 
 # --- Reply records ---------------------------------------------------------------------------
 REPLY_ARRAYS: Final = "arrays"

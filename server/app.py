@@ -1,4 +1,10 @@
-"""The coordinator's Flower ServerApp: run the rounds, keep the record, save the model."""
+"""The coordinator's Flower ServerApp: run the rounds, keep the record, save the model.
+
+After every round it checkpoints the run (``oralfed.server.checkpoint``); a ServerApp whose
+run folder holds a checkpoint continues that run: the same OralFed run id (which the
+clinics get with every request, ``protocol.CFG_RUN_ID``), the same coordinator-database
+row, the history so far, the round numbers where they left off.
+"""
 
 from __future__ import annotations
 
@@ -17,8 +23,17 @@ from oralfed.schemas.files import write_json_atomically
 from oralfed.schemas.model import RiskModel, build_model, save_model
 from oralfed.schemas.settings import FederationSettings
 from oralfed.schemas.state import coordinator_state_dir
+from oralfed.server.checkpoint import (
+    CHECKPOINT_DIR,
+    CHECKPOINT_FILE,
+    Checkpoint,
+    model_of,
+    resumable,
+    write_checkpoint,
+)
 from oralfed.server.coordinator_db import CoordinatorStore
-from oralfed.server.history import FederationHistory, RoundRecord
+from oralfed.server.history import FederationHistory, RoundRecord, history_from_summaries
+from oralfed.server.rounds import ContinuedRounds
 from oralfed.server.strategy import RoundCallback, make_strategy
 
 GLOBAL_MODEL_FILE = "global_model.pt"
@@ -43,20 +58,32 @@ def run_federation_rounds(
     settings: FederationSettings,
     outcome: FederationOutcome,
     on_round_end: RoundCallback | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> FederationOutcome:
-    """Run ``settings.rounds`` rounds on ``grid``; fills ``outcome`` as it goes, so that a run
-    halted half-way still reports what happened."""
+    """Run ``settings.rounds`` rounds on ``grid`` (those after ``checkpoint``'s, when the run
+    is resumed); fills ``outcome`` as it goes, so that a run halted half-way still reports
+    what happened."""
     store = _open_store(settings)
-    store.start_run(outcome.run_id, settings.public_dict())
+    started: dict[str, object] = {"run_id": outcome.run_id, "settings": settings.public_dict()}
+    if checkpoint is None:
+        store.start_run(outcome.run_id, settings.public_dict())
+    else:
+        _continue_run(store, outcome, checkpoint)
+        started["resumed_after_round"] = checkpoint.round
     # The coordinator's signed log of runs, rounds and participants (oralfed.privacy.audit_log).
-    audit_log = AuditLog(
-        store.engine, load_or_create_signing_key(_coordinator_state_dir(settings))
-    )
-    audit_log.append(
-        RUN_STARTED, {"run_id": outcome.run_id, "settings": settings.public_dict()}
-    )
+    audit_log = AuditLog(store.engine, load_or_create_signing_key(_coordinator_state_dir(settings)))
+    audit_log.append(RUN_STARTED, started)
 
     def round_ended(record: RoundRecord) -> None:
+        if settings.out_dir is not None:  # first: a round the record has is a round resumed
+            write_checkpoint(
+                settings.out_dir,
+                outcome.run_id,
+                settings,
+                outcome.history,
+                strategy.clinic_of_node,
+                rounds.arrays,
+            )
         store.record_round(outcome.run_id, record)
         audit_log.append(ROUND_COMPLETED, {"run_id": outcome.run_id, **record.summary()})
         _write_history(settings, outcome.history)
@@ -64,18 +91,24 @@ def run_federation_rounds(
             on_round_end(record)
 
     strategy = make_strategy(settings, outcome.history, round_ended)
-    initial = build_model(settings.hidden_sizes, seed=settings.seed)
+    if checkpoint is None:
+        start = ArrayRecord(build_model(settings.hidden_sizes, seed=settings.seed).state_dict())
+    else:
+        start = checkpoint.model
+        strategy.clinic_of_node.update(checkpoint.clinic_of_node)
+    done = checkpoint.round if checkpoint is not None else 0
+    rounds = ContinuedRounds(strategy, done, start)
+    run_config = {protocol.CFG_RUN_ID: outcome.run_id}  # clinics charge the OralFed run
     try:
-        result = strategy.start(
+        result = rounds.start(
             grid=grid,
-            initial_arrays=ArrayRecord(initial.state_dict()),
-            num_rounds=settings.rounds,
+            initial_arrays=start,
+            num_rounds=settings.rounds - done,
             timeout=settings.round_timeout,
-            train_config=ConfigRecord(settings.train_config()),
-            evaluate_config=ConfigRecord(settings.evaluate_config()),
+            train_config=ConfigRecord({**settings.train_config(), **run_config}),
+            evaluate_config=ConfigRecord({**settings.evaluate_config(), **run_config}),
         )
-        model = build_model(settings.hidden_sizes)
-        model.load_state_dict(result.arrays.to_torch_state_dict())
+        model = model_of(result.arrays, settings)
         if settings.out_dir is not None:
             metadata = {"run_id": outcome.run_id, "rounds": settings.rounds}
             save_model(model, settings.out_dir / GLOBAL_MODEL_FILE, settings.task, metadata)
@@ -92,6 +125,22 @@ def run_federation_rounds(
         )
         store.close()
     return outcome
+
+
+def _continue_run(
+    store: CoordinatorStore, outcome: FederationOutcome, checkpoint: Checkpoint
+) -> None:
+    """A resumed run is the same run in the coordinator database; a round the checkpoint
+    holds but the database missed (a crash between the two writes) is recorded now."""
+    store.continue_run(
+        outcome.run_id,
+        outcome.settings.public_dict(),
+        f"resumed after round {checkpoint.round}",
+    )
+    recorded = {row.round for row in store.rounds(outcome.run_id)}
+    for record in outcome.history.rounds:
+        if record.round not in recorded:
+            store.record_round(outcome.run_id, record)
 
 
 def _open_store(settings: FederationSettings) -> CoordinatorStore:
@@ -133,12 +182,28 @@ def make_server_app(
             answer_one_query(grid, QuerySettings.from_run_config(dict(context.run_config)))
             return
         effective = settings or FederationSettings.from_run_config(context.run_config)
-        outcome = FederationOutcome(run_id=uuid.uuid4().hex, settings=effective)
+        checkpoint = _checkpoint_to_resume(effective)
+        outcome = FederationOutcome(
+            run_id=uuid.uuid4().hex if checkpoint is None else checkpoint.run_id,
+            settings=effective,
+            history=FederationHistory()
+            if checkpoint is None
+            else history_from_summaries(checkpoint.history),
+        )
         if outcome_sink is not None:
             outcome_sink.append(outcome)
-        run_federation_rounds(grid, effective, outcome, on_round_end)
+        run_federation_rounds(grid, effective, outcome, on_round_end, checkpoint)
 
     return app
+
+
+def _checkpoint_to_resume(settings: FederationSettings) -> Checkpoint | None:
+    """The checkpoint in the run folder, if it holds one (then the run is continued; see
+    ``oralfed.server.checkpoint`` for what is refused)."""
+    out_dir = settings.out_dir
+    if out_dir is None or not (out_dir / CHECKPOINT_DIR / CHECKPOINT_FILE).exists():
+        return None
+    return resumable(out_dir, settings)
 
 
 app = make_server_app()

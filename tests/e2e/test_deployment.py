@@ -10,129 +10,36 @@ Every process is started in a process group of its own and stopped in the fixtur
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from oralfed.deploy.launch import list_runs
-from oralfed.deploy.provisioning import add_clinic, init_federation, list_clinics, remove_clinic
+from oralfed.deploy.provisioning import add_clinic, init_federation, remove_clinic
 from oralfed.privacy.ledger import PrivacyLedger
 from oralfed.schemas import protocol
 from oralfed.schemas.errors import ExitCode
+from tests.e2e.conftest import (
+    Deployment,
+    clinic_status,
+    free_port,
+    oralfed,
+    running_federation,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
-ORALFED = [sys.executable, "-m", "oralfed.cli"]
 CLINICS = ("clinic-01", "clinic-02", "clinic-03")
 TOKEN = re.compile(rb"[A-Za-z0-9_-]+")  # a patient_ref is one such token (data contract)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def oralfed(*arguments: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    completed = subprocess.run(
-        [*ORALFED, *map(str, arguments)], capture_output=True, text=True, timeout=300
-    )
-    if check and completed.returncode != 0:
-        raise AssertionError(
-            f"oralfed {arguments[:2]} failed ({completed.returncode}):\n"
-            f"{completed.stdout}\n{completed.stderr}"
-        )
-    return completed
-
-
-@dataclass
-class Deployment:
-    root: Path
-    fed: Path
-    data: Path
-    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-
-    def start(self, name: str, *arguments: str | Path) -> subprocess.Popen[bytes]:
-        log = (self.root / f"{name}.out").open("ab")
-        process = subprocess.Popen(
-            [*ORALFED, *map(str, arguments)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.processes[name] = process
-        return process
-
-    def start_clinic(self, name: str, kit: Path, data_file: str = "clinic-01.csv") -> Any:
-        return self.start(
-            name,
-            "clinic",
-            "start",
-            "--kit",
-            kit,
-            "--data",
-            self.data / data_file,
-            "--state-dir",
-            self.root / "state" / name,
-            "--port",
-            str(free_port()),
-        )
-
-    def stop(self, name: str) -> None:
-        """SIGTERM the command (it stops its Flower children), then kill what is left."""
-        process = self.processes.pop(name)
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        _kill_recorded_group(self.root, name)
-
-    def kill(self, name: str) -> None:
-        """SIGKILL, as a crashed machine would: no goodbye reaches the SuperLink."""
-        _kill_recorded_group(self.root, name)
-        process = self.processes.pop(name)
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-    def output(self, name: str) -> str:
-        return (self.root / f"{name}.out").read_text(errors="replace")
-
-
-def _kill_recorded_group(root: Path, name: str) -> None:
-    """Backstop: SIGKILL the Flower process group the command recorded in its pid file."""
-    folder = root / "coordinator" if name == "server" else root / "state" / name
-    for pid_file in folder.glob("*.pid"):
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
-
-
-def wait_for(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def clinic_status(fed: Path) -> dict[str, str]:
-    return {entry.name: entry.status for entry in list_clinics(fed)}
 
 
 @pytest.fixture(scope="module")
@@ -140,35 +47,11 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     """The coordinator, three clinics, and three nodes that must be refused, all started
     at once (each `oralfed` start costs seconds of imports on a busy 2-core machine)."""
     root = tmp_path_factory.mktemp("deployment")
-    fed = root / "federation"
-    oralfed("data", "synth", "--out", root / "data", "--clinics", "3", "--seed", "5")
-    # Provisioning through the library (its CLI is covered in tests/server).
-    init_federation("e2e", fed, port=free_port())
-    for clinic in CLINICS:
-        add_clinic(fed, clinic)
-    # A second federation: its CA and its node key are strangers to the first.
-    init_federation("other", root / "other", port=free_port())
-    add_clinic(root / "other", "stranger")
-    deployment = Deployment(root, fed, root / "data")
-    try:
-        deployment.start(
-            "server",
-            "server",
-            "start",
-            "--federation-dir",
-            fed,
-            "--state-dir",
-            root / "coordinator",
-            "--host",
-            "127.0.0.1",
-        )
-        wait_for(
-            lambda: set(clinic_status(fed).values()) == {"registered"},
-            90,
-            "the SuperLink to start and register the pending clinics",
-        )
-        for clinic in CLINICS:
-            deployment.start_clinic(clinic, fed / "clinics" / clinic, f"{clinic}.csv")
+    with running_federation(root, CLINICS) as deployment:
+        fed = deployment.fed
+        # A second federation: its CA and its node key are strangers to the first.
+        init_federation("other", root / "other", port=free_port())
+        add_clinic(root / "other", "stranger")
         # An unregistered key: another federation's node key, trusting our CA.
         unregistered = root / "kit-unregistered"
         shutil.copytree(root / "other" / "clinics" / "stranger", unregistered)
@@ -185,9 +68,6 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         assert remove_clinic(fed, "leaver").status == "removed"
         deployment.start_clinic("leaver", fed / "clinics" / "leaver")
         yield deployment
-    finally:
-        for name in list(deployment.processes):
-            deployment.stop(name)
 
 
 def test_unregistered_key_is_refused(deployment: Deployment) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +19,9 @@ from oralfed.deploy.simulated_run import NON_PRIVATE_BASELINES_FILE
 from oralfed.privacy.events import DiscreteLaplaceEvent, DpSgdEvent
 from oralfed.privacy.ledger import PrivacyLedger
 from oralfed.schemas.errors import ExitCode
+from tests.e2e.conftest import ORALFED, oralfed
 
 pytestmark = pytest.mark.e2e
-ORALFED = [sys.executable, "-m", "oralfed.cli"]
-
-
-def oralfed(*arguments: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    completed = subprocess.run(
-        [*ORALFED, *map(str, arguments)], capture_output=True, text=True, timeout=600
-    )
-    if check and completed.returncode != 0:
-        raise AssertionError(
-            f"oralfed failed ({completed.returncode}):\n{completed.stdout}\n{completed.stderr}"
-        )
-    return completed
 
 
 def federate(
