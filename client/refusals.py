@@ -116,6 +116,9 @@ def charge_note(msg: Message, node: ClinicNode, since: datetime) -> str | None:
             history = ledger.history(node.dataset_id)
     except (OralFedError, OSError):
         return None
+    except Exception as error:  # the refusal must still go out, saying what is not known
+        logger.error("the clinic's ledger could not be read back", exc_info=error)
+        return "whether ε was charged could not be read back from the ledger; nothing was sent"
     made = [c for c in history if c.recorded_at >= since and c.run_id in runs]
     if not made:
         return None

@@ -212,6 +212,27 @@ def test_an_unexpected_error_is_a_named_refusal_without_its_details(
     assert "stays in the clinic" not in reason
 
 
+def test_a_ledger_that_fails_while_read_back_still_gives_a_refusal(
+    clinic_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading the charges back after a failure is itself code that can fail (a bug, a
+    damaged row): the refusal still goes out and says that the charge is not known."""
+    state = tmp_path / "state"
+    node = ClinicNode.from_config(node_config(clinic_file, state))
+    PrivacyLedger.in_state_dir(state).close()  # a ledger exists, so it is read back
+
+    def unreadable(cls: type[PrivacyLedger], path: Path) -> PrivacyLedger:
+        raise NameError("a bug in the read-back")
+
+    monkeypatch.setattr(PrivacyLedger, "read_only", classmethod(unreadable))
+
+    def broken(msg: Message, _node: ClinicNode) -> Message:
+        raise ZeroDivisionError("the handler's own failure")
+
+    reply = answer(broken, message("train", build_model(seed=4), train_config(FAST)), node)
+    refused(reply, "ZeroDivisionError", "could not be read back", "nothing was sent")
+
+
 # --- real file systems that refuse writes: a read-only and a full tmpfs ------------------------
 
 
