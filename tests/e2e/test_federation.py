@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,21 @@ def test_second_run_is_charged_on_top_and_a_spent_clinic_refuses(
             for c in reversed(ledger.history("clinic-01"))
             if isinstance(c.event, DpSgdEvent)
         )
+        # k such rounds are one event of k times the steps (same σ and q): find the most that
+        # fit by bisection and charge them at once (a charge per round took a minute), then
+        # top up round by round, so that exactly one more round no longer fits.
+        fits = 0  # the largest k known to fit; ``too_many`` is known not to
+        too_many = 1
+        while ledger.preview("clinic-01", rounds_like(round_event, too_many)) <= 10:
+            fits, too_many = too_many, too_many * 2
+        while too_many - fits > 1:
+            middle = (fits + too_many) // 2
+            if ledger.preview("clinic-01", rounds_like(round_event, middle)) <= 10:
+                fits = middle
+            else:
+                too_many = middle
+        if fits:
+            ledger.charge("clinic-01", rounds_like(round_event, fits), run_id="manual")
         while ledger.preview("clinic-01", round_event) <= 10:
             ledger.charge("clinic-01", round_event, run_id="manual")
         near_cap = ledger.spent("clinic-01")
@@ -154,6 +170,11 @@ def test_second_run_is_charged_on_top_and_a_spent_clinic_refuses(
             assert ledger.spent(clinic) > previous["epsilon_spent"]
     with PrivacyLedger.in_state_dir(root / "state" / "clinic-01") as ledger:
         assert ledger.spent("clinic-01") == pytest.approx(near_cap)  # refused: nothing charged
+
+
+def rounds_like(event: DpSgdEvent, count: int) -> DpSgdEvent:
+    """``count`` rounds like ``event`` composed: one DP-SGD event of ``count`` times the steps."""
+    return replace(event, steps=event.steps * count)
 
 
 def test_too_few_clinics_stops_with_a_clear_message(federation: dict[str, Any]) -> None:

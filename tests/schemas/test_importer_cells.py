@@ -174,7 +174,7 @@ CELLS = st.one_of(
 )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     rows=st.lists(st.lists(CELLS, min_size=1, max_size=len(NOTES) + 2), min_size=1, max_size=6),
     raw_tail=st.binary(max_size=20),

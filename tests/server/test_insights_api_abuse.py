@@ -101,7 +101,7 @@ def _history(store: CoordinatorStore, token: str) -> tuple[PrivacyEvent, ...]:
 
 
 @settings(
-    max_examples=80,
+    max_examples=50,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
