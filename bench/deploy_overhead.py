@@ -1,22 +1,25 @@
 """Orchestration overhead of a deployed round: bare Flower against OralFed, in one run.
 
 Overhead of a round = its wall time (between Flower's ``[ROUND k/N]`` log lines as streamed
-by ``flwr run --stream``) minus the slowest clinic's own work in that round (loading its
-file, training with DP, evaluating: measured in-process, warm, for every clinic).
+by ``flwr run --stream``) minus the slowest clinic's own work in that round (DP training and
+evaluation, measured in-process and warm for every clinic; importing the file again is not
+work but overhead, which a warm runtime avoids).
 
-Both setups run on the same provisioned federation on 127.0.0.1 with TLS and SuperNode
-authentication, the same number of nodes and rounds:
+Every setup runs on a provisioned federation on 127.0.0.1 with TLS and SuperNode
+authentication, the same rounds, in one run:
 
 * ``bare``: a trivial Flower app (FedAvg; a ClientApp that imports torch and returns the
-  model unchanged): Flower's own floor.
-* ``oralfed-flower-poll``: this project's ServerApp and ClientApp (DP-SGD, ledger charge,
-  evaluation) with Flower's default executor poll (``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``
-  = 1 s).
-* ``oralfed``: the same as shipped: that poll at 0.2 s (deploy/processes.py; the only poll
-  interval Flower 1.42 lets one configure: the SuperNode's and the ServerApp's 3 s loops are
-  fixed in its code).
+  model unchanged) on stock SuperNodes (Flower's SuperExec, its default 1 s executor poll):
+  Flower's own floor.
+* ``oralfed-before``: this project's ServerApp and ClientApp as they ran before the warm
+  runtime: Flower's SuperExec starting a ``flwr-clientapp`` interpreter per message
+  (``oralfed clinic start --runtime flower``) and the ServerApp waiting on Flower's grid
+  (3 s between pulls).
+* ``oralfed``: as shipped: the warm clinic runtime (``oralfed.deploy.clinic_runtime``) and
+  the ServerApp collecting replies as they arrive (``oralfed.server.prompt_grid``); also at
+  the ``--scale`` node counts, to show how a round grows with the federation.
 
-    python bench/deploy_overhead.py [--nodes 5] [--rounds 3] [--json] [--write-doc]
+    python bench/deploy_overhead.py [--nodes 5] [--rounds 4] [--scale 10,20] [--write-doc]
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.benchmarks_doc import machine_description, replace_section  # noqa: E402
-from oralfed.client.data import _load_cached, load_clinic_data  # noqa: E402
+from oralfed.client.data import load_clinic_data  # noqa: E402
 from oralfed.client.dp_engines import get_dp_engine  # noqa: E402
 from oralfed.client.training import evaluate, plan_dp_round  # noqa: E402
 from oralfed.deploy.federation_dir import FederationConfig, FederationPaths  # noqa: E402
@@ -52,15 +55,21 @@ from oralfed.deploy.processes import (  # noqa: E402
 )
 from oralfed.deploy.provisioning import add_clinic, init_federation, register_pending  # noqa: E402
 from oralfed.deploy.superlink import SuperLinkOptions, start_superlink, wait_until_ready  # noqa: E402
-from oralfed.deploy.supernode import SuperNodeOptions, start_supernode  # noqa: E402
+from oralfed.deploy.supernode import NodeRuntime, SuperNodeOptions, start_supernode  # noqa: E402
 from oralfed.privacy.calibration import CalibrationCache  # noqa: E402
 from oralfed.schemas.model import build_model  # noqa: E402
 from oralfed.schemas.settings import FederationSettings  # noqa: E402
 from oralfed.schemas.synthetic import write_federation  # noqa: E402
 
 FLOWER_DEFAULT_POLL = 1.0
-POLL_SECONDS = {"bare": FLOWER_DEFAULT_POLL, "oralfed-flower-poll": FLOWER_DEFAULT_POLL}
+POLL_SECONDS = {"bare": FLOWER_DEFAULT_POLL}
+RUNTIMES = {"bare": NodeRuntime.FLOWER, "oralfed-before": NodeRuntime.FLOWER}
 SECTION = "deploy"
+BEFORE_SERVER = '''"""OralFed's ServerApp waiting on Flower's grid as it is (3 s between pulls)."""
+from oralfed.server.app import make_server_app
+
+app = make_server_app(prompt_replies=False)
+'''
 
 BARE_PYPROJECT = """[build-system]
 requires = ["hatchling"]
@@ -127,6 +136,7 @@ def main(grid: Grid, context: Context) -> None:
 @dataclass
 class ModeResult:
     mode: str
+    nodes: int
     round_seconds: list[float]
     clinic_work_seconds: float
 
@@ -137,6 +147,7 @@ class ModeResult:
     def summary(self) -> dict[str, Any]:
         return {
             "mode": self.mode,
+            "nodes": self.nodes,
             "round_wall_s": [round(s, 2) for s in self.round_seconds],
             "median_round_wall_s": round(statistics.median(self.round_seconds), 2),
             "slowest_clinic_work_s": round(self.clinic_work_seconds, 2),
@@ -157,8 +168,19 @@ def write_bare_app(folder: Path, nodes: int, rounds: int) -> Path:
     return folder
 
 
+def write_before_app(folder: Path) -> Path:
+    """This project's app with the ServerApp component that waits on Flower's grid."""
+    folder.mkdir(parents=True)
+    (folder / "before_server.py").write_text(BEFORE_SERVER)
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    (folder / "pyproject.toml").write_text(
+        pyproject.replace('serverapp = "oralfed.server.app:app"', 'serverapp = "before_server:app"')
+    )
+    return folder
+
+
 @contextmanager
-def deployment(root: Path, files: list[Path], poll: float) -> Iterator[Path]:
+def deployment(root: Path, files: list[Path], poll: float, runtime: NodeRuntime) -> Iterator[Path]:
     """A provisioned federation with a running SuperLink and one SuperNode per file."""
     fed = root / "federation"
     previous = os.environ.get(TASK_POLL_ENV)
@@ -174,8 +196,11 @@ def deployment(root: Path, files: list[Path], poll: float) -> Iterator[Path]:
         for path in files:
             kit_dir = FederationPaths(fed).kit(path.stem)
             kit = ClinicKit.load(kit_dir)
-            options = SuperNodeOptions(kit_dir, path, root / "state" / path.stem, port=_free_port())
-            processes.append(start_supernode(options, kit, options.clinic_node(kit)))
+            options = SuperNodeOptions(
+                kit_dir, path, root / "state" / path.stem, port=_free_port(), runtime=runtime
+            )
+            started = start_supernode(options, kit, options.clinic_node(kit))
+            processes.extend(process.process for process in started)
         yield fed
     finally:
         for process in reversed(processes):
@@ -201,11 +226,10 @@ class RoundClock:
 
 
 def clinic_work_seconds(files: list[Path], settings: FederationSettings, work_dir: Path) -> float:
-    """The slowest clinic's own work in a round as a deployed clinic does it: importing its
-    file (a fresh ClientApp process per message never hits the in-memory cache), reading its
-    σ from the on-disk calibration cache (calibrated once per plan, in the warm-up here, as
-    in a run's first round), DP training with the run's engine and evaluation. Python, torch
-    and the app's imports are already warm: their start-up is orchestration."""
+    """The slowest clinic's own work in a round: DP training with the run's engine, σ read
+    from the on-disk calibration cache (calibrated once per plan, in the warm-up here, as in
+    a run's first round), and evaluation. The file is imported once, before: importing it
+    again per message is overhead, not work."""
     slowest = 0.0
     for path in files:
         cache = CalibrationCache(work_dir / "calibration" / f"{path.stem}.json")
@@ -215,9 +239,8 @@ def clinic_work_seconds(files: list[Path], settings: FederationSettings, work_di
 
 
 def _one_clinic_round(path: Path, settings: FederationSettings, cache: CalibrationCache) -> float:
-    _load_cached.cache_clear()  # as in a fresh ClientApp process: the file is imported
-    started = time.perf_counter()
     data = load_clinic_data(path.stem, path)
+    started = time.perf_counter()
     plan = plan_dp_round(
         public_size=data.n_train,
         batch_size=settings.batch_size,
@@ -232,8 +255,6 @@ def _one_clinic_round(path: Path, settings: FederationSettings, cache: Calibrati
     )
     model = build_model(settings.hidden_sizes, seed=settings.seed)
     get_dp_engine(settings.dp_engine).train(model, data.x_train, data.y_train, plan)
-    _load_cached.cache_clear()  # the evaluate message is another fresh process
-    data = load_clinic_data(path.stem, path)
     evaluate(model, data.x_test, data.y_test)
     return time.perf_counter() - started
 
@@ -241,8 +262,8 @@ def _one_clinic_round(path: Path, settings: FederationSettings, cache: Calibrati
 def run_mode(mode: str, files: list[Path], rounds: int, work_dir: Path) -> ModeResult:
     clock = RoundClock()
     poll = POLL_SECONDS.get(mode, TASK_POLL_SECONDS)
-    root = work_dir / mode
-    with deployment(root, files, poll) as fed:
+    root = work_dir / f"{mode}-{len(files)}"
+    with deployment(root, files, poll, RUNTIMES.get(mode, NodeRuntime.WARM)) as fed:
         if mode == "bare":
             app = write_bare_app(root / "bare-app", len(files), rounds)
             stream_run(fed, app, clock)
@@ -255,11 +276,12 @@ def run_mode(mode: str, files: list[Path], rounds: int, work_dir: Path) -> ModeR
                 round_timeout=300.0,
                 out_dir=(root / "run").resolve(),
             )
-            result = launch_run(fed, settings, clock)
+            app_dir = write_before_app(root / "before-app") if mode == "oralfed-before" else ROOT
+            result = launch_run(fed, settings, clock, app_dir)
             if result.status != "completed":
                 raise SystemExit(f"{mode}: the run ended {result.status}: {result.message}")
             work = clinic_work_seconds(files, settings, root)
-    return ModeResult(mode, clock.rounds(), work)
+    return ModeResult(mode, len(files), clock.rounds(), work)
 
 
 def _free_port() -> int:
@@ -268,26 +290,26 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def render(results: list[ModeResult], nodes: int, rounds: int, wall: float) -> str:
+def render(results: list[ModeResult], args: argparse.Namespace, wall: float) -> str:
     lines = [
         "## Deployed round: orchestration overhead (bench/deploy_overhead.py)",
         "",
-        f"Command: `python bench/deploy_overhead.py --nodes {nodes} --rounds {rounds} "
-        f"--modes {','.join(r.mode for r in results)}`  ",
-        f"Machine: {machine_description()}; wall time {wall:.0f} s; SuperLink and {nodes} "
-        "SuperNodes on 127.0.0.1, TLS and node authentication on.",
+        f"Command: `python bench/deploy_overhead.py --nodes {args.nodes} --rounds {args.rounds} "
+        f"--modes {args.modes} --scale {args.scale}`  ",
+        f"Machine: {machine_description()}; wall time {wall:.0f} s; a SuperLink and the "
+        "SuperNodes on 127.0.0.1, TLS and node authentication on, every setup in this one run.",
         "",
-        "Overhead = round wall time minus the slowest clinic's own work (file import, σ "
-        "calibration, DP training, evaluation; measured in-process after a warm-up).",
+        "Overhead = round wall time minus the slowest clinic's own work (DP training with σ "
+        "from the calibration cache, and evaluation; measured in-process after a warm-up).",
         "",
-        "| setup | round wall times (s) | median round (s) | slowest clinic work (s) "
+        "| setup | nodes | round wall times (s) | median round (s) | slowest clinic work (s) "
         "| median overhead (s) |",
-        "|---|---|---|---|---|",
+        "|---|---|---|---|---|---|",
     ]
     for result in results:
         s = result.summary()
         lines.append(
-            f"| {s['mode']} | {', '.join(f'{v:.1f}' for v in s['round_wall_s'])} "
+            f"| {s['mode']} | {s['nodes']} | {', '.join(f'{v:.1f}' for v in s['round_wall_s'])} "
             f"| {s['median_round_wall_s']:.1f} | {s['slowest_clinic_work_s']:.2f} "
             f"| {s['median_overhead_s']:.1f} |"
         )
@@ -323,20 +345,26 @@ FINDINGS = [
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--modes", default="bare,oralfed-flower-poll,oralfed")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--modes", default="bare,oralfed-before,oralfed")
+    parser.add_argument("--scale", default="10,20", help="node counts for the shipped path")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--write-doc", action="store_true")
     args = parser.parse_args()
     started = time.monotonic()
+    runs = [(mode, args.nodes) for mode in args.modes.split(",")]
+    runs += [("oralfed", int(n)) for n in args.scale.split(",") if n]
+    results = []
     with tempfile.TemporaryDirectory(prefix="oralfed-bench-deploy-") as tmp:
         work_dir = Path(tmp)
-        files = write_federation(work_dir / "data", args.nodes, 7)
-        results = [run_mode(mode, files, args.rounds, work_dir) for mode in args.modes.split(",")]
+        for mode, nodes in runs:
+            files = write_federation(work_dir / f"data-{nodes}", nodes, 7)
+            results.append(run_mode(mode, files, args.rounds, work_dir))
+            print(json.dumps(results[-1].summary()), flush=True)
     wall = time.monotonic() - started
     if args.json:
         print(json.dumps([r.summary() for r in results], indent=2))
-    text = render(results, args.nodes, args.rounds, wall)
+    text = render(results, args, wall)
     print(text)
     if args.write_doc:
         replace_section(SECTION, text)

@@ -20,6 +20,7 @@ from oralfed.deploy.kit import ClinicKit
 from oralfed.deploy.processes import supervise
 from oralfed.deploy.supernode import (
     DEFAULT_NODE_PORT,
+    NodeRuntime,
     SuperNodeOptions,
     check_clinic_data,
     read_policy,
@@ -68,6 +69,14 @@ def start(
             "max-rounds-per-run, max-eval-epsilon); default: docs/privacy.md's defaults."
         ),
     ] = None,
+    runtime: Annotated[
+        NodeRuntime,
+        typer.Option(
+            help="warm: fork each message's process from one that has the app imported and "
+            "the file loaded (docs/deployment.md); flower: Flower's own SuperExec, a new "
+            "interpreter per message."
+        ),
+    ] = NodeRuntime.WARM,
 ) -> None:
     """Validate DATA against the contract, then connect to the coordinator over TLS with
     the kit's key. Refuses to start on a file that fails the contract."""
@@ -85,6 +94,7 @@ def start(
         epsilon_cap,
         public_size,
         read_policy(policy) if policy else ClinicPolicy(),
+        runtime,
     )
     node = options.clinic_node(clinic_kit)
     checked = check_clinic_data(node)
@@ -92,16 +102,17 @@ def start(
         f"{data}: {checked.rows_read} rows read, {checked.rows_rejected} rejected; "
         f"{checked.n_train} training and {checked.n_test} test research-tier rows"
     )
-    process = start_supernode(options, clinic_kit, node)
+    processes = start_supernode(options, clinic_kit, node)
     address = options.superlink or clinic_kit.superlink
+    logs = ", ".join(str(node.state_dir / f"{started.name}.log") for started in processes)
     console.print(
         f"Clinic node [bold]{node.clinic_id}[/] started for {address} (TLS, node key "
-        f"{clinic_kit.private_key(kit)}); log {node.state_dir / 'supernode.log'}"
+        f"{clinic_kit.private_key(kit)}, {runtime} runtime); logs {logs}"
     )
-    code = supervise(process, node.state_dir / "supernode.pid")
+    name, code = supervise(processes)
     if code:
         raise UserError(
-            f"the clinic node exited with code {code}; see {node.state_dir / 'supernode.log'} "
+            f"the clinic's {name} exited with code {code}; see {node.state_dir / name}.log "
             "('Failed to activate SuperNode': this kit's key is not registered or was removed)"
         )
 
@@ -241,9 +252,7 @@ def _passphrase(path: Path | None, *, confirm: bool) -> str:
     if os.environ.get(PASSPHRASE_ENV):
         return os.environ[PASSPHRASE_ENV]
     if sys.stdin.isatty():
-        return str(
-            typer.prompt("Backup passphrase", hide_input=True, confirmation_prompt=confirm)
-        )
+        return str(typer.prompt("Backup passphrase", hide_input=True, confirmation_prompt=confirm))
     raise UserError(
         f"no passphrase: give --passphrase-file FILE or set {PASSPHRASE_ENV} (an interactive "
         "terminal is asked instead)"

@@ -11,7 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from oralfed.cli.deploy import DEFAULT_FEDERATION_DIR, FederationDir
 from oralfed.cli.output import UserError, console, error_console
 from oralfed.deploy.federation_dir import FederationConfig
-from oralfed.deploy.processes import stop_process_group, supervise
+from oralfed.deploy.processes import Supervised, stop_process_group, supervise
 from oralfed.deploy.provisioning import register_pending
 from oralfed.deploy.superlink import (
     SUPERLINK_LOG,
@@ -91,6 +91,6 @@ def start(
         f"({'INSECURE' if insecure else 'TLS, node authentication'}); "
         f"log {state_dir / SUPERLINK_LOG}"
     )
-    code = supervise(process, state_dir / "superlink.pid")
+    _, code = supervise([Supervised("superlink", process, state_dir / "superlink.pid")])
     if code:
         raise UserError(f"the SuperLink exited with code {code}; see {state_dir / SUPERLINK_LOG}")

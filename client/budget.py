@@ -11,7 +11,7 @@ from oralfed.privacy.accountants import get_accountant
 from oralfed.privacy.audit_log import DATA_IMPORTED, POLICY_IN_FORCE
 from oralfed.privacy.calibration import UNKNOWN_SIZE_DELTA, default_delta
 from oralfed.privacy.events import PrivacyEvent
-from oralfed.privacy.ledger import Budget, PrivacyLedger
+from oralfed.privacy.ledger import Budget, PrivacyLedger, UnknownDataset
 from oralfed.schemas.node_config import ClinicNode
 
 __all__ = ["audit_import", "open_budget", "record_policy", "run_epsilon"]
@@ -24,7 +24,10 @@ def open_budget(ledger: PrivacyLedger, node: ClinicNode) -> Budget:
     :data:`~oralfed.privacy.calibration.UNKNOWN_SIZE_DELTA` (never the file's row count,
     which would make δ itself a function of the private data).
     """
-    registered = {budget.dataset_id: budget for budget in ledger.datasets()}.get(node.dataset_id)
+    try:  # the same history ensure_dataset composes next: the accountant's memo answers it
+        registered: Budget | None = ledger.budget(node.dataset_id)
+    except UnknownDataset:
+        registered = None
     if node.delta is not None:
         delta = node.delta
     elif registered is not None:

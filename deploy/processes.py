@@ -12,6 +12,9 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from oralfed.schemas.files import write_text_atomically
@@ -19,6 +22,7 @@ from oralfed.schemas.files import write_text_atomically
 __all__ = [
     "TASK_POLL_ENV",
     "TASK_POLL_SECONDS",
+    "Supervised",
     "flower_environment",
     "stop_process_group",
     "supervise",
@@ -26,6 +30,7 @@ __all__ = [
 ]
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+EXIT_POLL_SECONDS = 0.5
 # Flower's executors look for new ClientApp/ServerApp work every second by default; each
 # message waits for that poll twice per round (train, evaluate). Loopback polls are cheap.
 TASK_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
@@ -46,7 +51,17 @@ def flower_environment(flwr_home: Path) -> dict[str, str]:
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     env = {**os.environ, "PATH": path, "FLWR_HOME": str(flwr_home.resolve())}
     env.setdefault(TASK_POLL_ENV, str(TASK_POLL_SECONDS))
+    env["FLWR_TELEMETRY_ENABLED"] = "0"  # a clinic's or coordinator's node never phones home
     return env
+
+
+@dataclass(frozen=True)
+class Supervised:
+    """A started process, by name, with the file its process-group id is recorded in."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    pid_file: Path
 
 
 def stop_process_group(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
@@ -59,22 +74,30 @@ def stop_process_group(process: subprocess.Popen[bytes], grace: float = 10.0) ->
     process.wait()
 
 
-def supervise(process: subprocess.Popen[bytes], pid_file: Path) -> int:
-    """Wait for ``process`` in the foreground; on SIGTERM, SIGINT or SIGHUP stop its whole
-    group before returning, so that no Flower child outlives the command (systemd, Ctrl-C)."""
-    write_text_atomically(pid_file, f"{process.pid}\n")
+def supervise(processes: Sequence[Supervised]) -> tuple[str, int]:
+    """Wait in the foreground until one of ``processes`` exits or a stop signal comes, then
+    stop every process group (SIGTERM, SIGINT, SIGHUP: systemd, Ctrl-C), so that no Flower
+    child outlives the command. Returns the name and exit code of the process that ended
+    first (code 0 when stopped by a signal)."""
+    for started in processes:
+        write_text_atomically(started.pid_file, f"{started.process.pid}\n")
 
     def stop(signum: int, _frame: object) -> None:
         raise _Stopped(signum)
 
     previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
     try:
-        return process.wait()
+        while True:
+            for started in processes:
+                if (code := started.process.poll()) is not None:
+                    return started.name, code
+            time.sleep(EXIT_POLL_SECONDS)
     except _Stopped:
-        return 0
+        return "", 0
     finally:
-        stop_process_group(process)
-        pid_file.unlink(missing_ok=True)
+        for started in processes:
+            stop_process_group(started.process)
+            started.pid_file.unlink(missing_ok=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

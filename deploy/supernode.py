@@ -4,22 +4,44 @@ The node trusts only the federation's CA (``--root-certificates``) and proves wh
 the kit's private key (``--auth-supernode-private-key``); the coordinator refuses any key it
 has not registered. The data file is validated against the contract *before* the node
 connects, so a clinic never joins a federation with a file that would be refused anyway.
+
+Two runtimes run the node's ClientApp messages (``--runtime``):
+
+* ``warm`` (the default): the SuperNode with ``--isolation process`` and, beside it, the
+  clinic runtime (``oralfed.deploy.clinic_runtime``), which forks each message's process
+  from a template that has the app imported and the file loaded. The two authenticate to
+  each other with a fresh SuperExec secret per start (``superexec.secret``, mode 0600).
+* ``flower``: the SuperNode starts Flower's own SuperExec, which starts a new
+  ``flwr-clientapp`` interpreter per message (seconds of imports each; for comparison,
+  ``bench/deploy_overhead.py``).
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
+import sys
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from oralfed.client.data import ClinicData, load_clinic_data
 from oralfed.deploy.kit import ClinicKit
-from oralfed.deploy.processes import flower_environment, venv_executable
+from oralfed.deploy.processes import Supervised, flower_environment, venv_executable
 from oralfed.schemas.clinic_policy import ClinicPolicy, PolicyError
+from oralfed.schemas.files import write_bytes_atomically
 from oralfed.schemas.node_config import DEFAULT_EPSILON_CAP, ClinicNode
 
 DEFAULT_NODE_PORT = 9094
+SECRET_FILE = "superexec.secret"
+
+
+class NodeRuntime(StrEnum):
+    """How the node's ClientApp messages are run (see the module's docstring)."""
+
+    WARM = "warm"
+    FLOWER = "flower"
 
 
 @dataclass(frozen=True)
@@ -32,6 +54,7 @@ class SuperNodeOptions:
     epsilon_cap: float = DEFAULT_EPSILON_CAP
     public_size: int | None = None  # a training-set size the clinic declares public
     policy: ClinicPolicy = field(default_factory=ClinicPolicy)
+    runtime: NodeRuntime = NodeRuntime.WARM
 
     def clinic_node(self, kit: ClinicKit) -> ClinicNode:
         return ClinicNode(
@@ -71,6 +94,11 @@ def node_config_text(node: ClinicNode) -> str:
 
 
 def supernode_command(options: SuperNodeOptions, kit: ClinicKit, node: ClinicNode) -> list[str]:
+    isolation = (
+        ["--isolation", "process", "--superexec-auth-secret-file", str(_secret_file(node))]
+        if options.runtime is NodeRuntime.WARM
+        else []
+    )
     return [
         venv_executable("flower-supernode"),
         "--superlink",
@@ -83,21 +111,47 @@ def supernode_command(options: SuperNodeOptions, kit: ClinicKit, node: ClinicNod
         node_config_text(node),
         "--port",
         str(options.port),
+        *isolation,
+    ]
+
+
+def runtime_command(options: SuperNodeOptions, node: ClinicNode) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "oralfed.deploy.clinic_runtime",
+        "--runtime-api-address",
+        f"127.0.0.1:{options.port}",
+        "--secret-file",
+        str(_secret_file(node)),
+        "--node-config-json",
+        json.dumps(node.to_config()),
     ]
 
 
 def start_supernode(
     options: SuperNodeOptions, kit: ClinicKit, node: ClinicNode
-) -> subprocess.Popen[bytes]:
-    """Start the SuperNode in its own process group, with its own ``FLWR_HOME`` in its state
-    folder; its output goes to ``supernode.log`` there."""
+) -> list[Supervised]:
+    """Start the SuperNode (and, for the warm runtime, the clinic runtime beside it), each in
+    its own process group, with their own ``FLWR_HOME`` in the state folder; their output
+    goes to ``supernode.log`` and ``clinic-runtime.log`` there."""
     node.state_dir.mkdir(parents=True, exist_ok=True)
     env = flower_environment(node.state_dir / "flwr-home")
-    with (node.state_dir / "supernode.log").open("ab") as output:
-        return subprocess.Popen(
-            supernode_command(options, kit, node),
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+    commands = {"supernode": supernode_command(options, kit, node)}
+    if options.runtime is NodeRuntime.WARM:
+        # A new secret per start: only this start's runtime can take this node's tasks.
+        write_bytes_atomically(_secret_file(node), secrets.token_bytes(32), mode=0o600)
+        commands["clinic-runtime"] = runtime_command(options, node)
+    return [_start(name, command, env, node.state_dir) for name, command in commands.items()]
+
+
+def _start(name: str, command: list[str], env: dict[str, str], state_dir: Path) -> Supervised:
+    with (state_dir / f"{name}.log").open("ab") as output:
+        process = subprocess.Popen(
+            command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
         )
+    return Supervised(name, process, state_dir / f"{name}.pid")
+
+
+def _secret_file(node: ClinicNode) -> Path:
+    return node.state_dir / SECRET_FILE

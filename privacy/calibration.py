@@ -18,6 +18,7 @@ from oralfed.privacy.events import (
     MIN_NOISE_MULTIPLIER,
     DpSgdEvent,
     PrivacyEvent,
+    event_from_dict,
     event_to_dict,
 )
 from oralfed.schemas.files import write_text_atomically
@@ -174,6 +175,24 @@ class CalibrationCache:
         with suppress(OSError):
             write_text_atomically(self.path, json.dumps({**entries, key: sigma}, indent=1))
         return sigma
+
+    def compose_latest(self, count: int = 4) -> None:
+        """Do the ε check of the ``count`` newest entries now, for a process whose forks
+        will ask for it (the clinic runtime's template): the accountants remember the ε of
+        a history they composed (``oralfed.privacy.accountants``), so the check the next
+        round makes is answered at once. Entries that do not parse are skipped here as they
+        are in :meth:`noise_multiplier`."""
+        for key, cached in list(self._read().items())[-count:]:
+            with suppress(ValueError, TypeError, KeyError, ArithmeticError):
+                _target, sample_rate, steps, delta, accountant, others = json.loads(key)
+                if _valid_sigma(cached):
+                    get_accountant(accountant).epsilon(
+                        [
+                            DpSgdEvent(float(cached), sample_rate, steps),
+                            *(event_from_dict(event) for event in others),
+                        ],
+                        delta,
+                    )
 
     def _read(self) -> dict[str, object]:
         try:

@@ -148,4 +148,3 @@ CONTRACT_COLUMNS: tuple[str, ...] = tuple(PatientRecord.model_fields)
 REQUIRED_COLUMNS: tuple[str, ...] = tuple(
     name for name, field in PatientRecord.model_fields.items() if field.is_required()
 )
-

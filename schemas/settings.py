@@ -77,9 +77,7 @@ class AggregationName(StrEnum):
     BULYAN = "bulyan"
 
 
-def clinics_needed(
-    aggregation: AggregationName, hostile: int, trim_fraction: float
-) -> int | None:
+def clinics_needed(aggregation: AggregationName, hostile: int, trim_fraction: float) -> int | None:
     """The fewest updates with which ``aggregation`` still tolerates ``hostile`` clinics
     (None: no number of updates is enough).
 

@@ -33,6 +33,7 @@ from oralfed.server.checkpoint import (
 )
 from oralfed.server.coordinator_db import CoordinatorStore
 from oralfed.server.history import FederationHistory, RoundRecord, history_from_summaries
+from oralfed.server.prompt_grid import PromptGrid
 from oralfed.server.rounds import ContinuedRounds
 from oralfed.server.strategy import RoundCallback, make_strategy
 
@@ -168,12 +169,18 @@ def make_server_app(
     settings: FederationSettings | None = None,
     outcome_sink: list[FederationOutcome] | None = None,
     on_round_end: RoundCallback | None = None,
+    prompt_replies: bool = True,
 ) -> ServerApp:
-    """A ServerApp; without ``settings`` it reads Flower's run config (``flwr run .``)."""
+    """A ServerApp; without ``settings`` it reads Flower's run config (``flwr run .``).
+
+    ``prompt_replies`` collects replies as they arrive (:class:`PromptGrid`); without it the
+    rounds wait on Flower's grid as it is (its 3 s pulls: bench/deploy_overhead.py's
+    baseline)."""
     app = ServerApp()
 
     @app.main()
-    def main(grid: Grid, context: Context) -> None:
+    def main(flower_grid: Grid, context: Context) -> None:
+        grid = PromptGrid(flower_grid) if prompt_replies else flower_grid
         if settings is None and context.run_config.get(protocol.RUN_QUERY_JSON):
             # A deployment has one ServerApp: a run config holding a query asks a question
             # (`oralfed insights query --federation-dir`) instead of training.

@@ -130,9 +130,11 @@ def test_there_are_no_import_cycles() -> None:
 
 
 def test_the_clinic_process_loads_nothing_of_the_coordinator() -> None:
-    """The ClientApp and the clinic's SuperNode supervisor, imported as a clinic does."""
+    """The ClientApp, the clinic's SuperNode supervisor and its warm runtime (the template
+    and the task code), imported as a clinic does."""
     probe = (
-        "import sys, oralfed.client.app, oralfed.deploy.supernode; "
+        "import sys, oralfed.client.app, oralfed.deploy.supernode, "
+        "oralfed.deploy.clinic_runtime, oralfed.deploy.clinic_task; "
         "print(sorted(m for m in sys.modules if m.startswith('oralfed.server')))"
     )
     loaded = subprocess.run(

@@ -3,10 +3,18 @@
 An accountant turns a whole history of :mod:`privacy.events` into one ε at a given δ. It is
 stateless: callers pass the full history each time, so that the ledger's stored history is
 the only source of truth and nothing can drift out of step with it.
+
+A process remembers the ε of the last histories it composed (:func:`_composed_epsilon`):
+the answer is a pure function of the accountant, the whole history and δ, all of them in
+the key, so it is the same arithmetic done once, not a remembered decision. A clinic's
+ClientApp asks for the ε of one history several times per message (the budget shown, the
+charge's recomputation under its lock, the run's bound); a PLD composition takes about a
+second on these machines. Nothing is kept across processes.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -49,7 +57,7 @@ class Accountant(ABC):
         validate_delta(delta)
         if not events:
             return 0.0
-        epsilon = self._epsilon(merge_identical(events), delta)
+        epsilon = _composed_epsilon(type(self), tuple(merge_identical(events)), delta)
         # An infinite ε (PRV's answer when its numerics give up) is safe: it exceeds every
         # cap. NaN compares false with everything and would slip past a cap check.
         if math.isnan(epsilon):
@@ -59,3 +67,10 @@ class Accountant(ABC):
     @abstractmethod
     def _epsilon(self, events: Sequence[PrivacyEvent], delta: float) -> float:
         """ε of the composition of distinct, non-empty ``events`` at a validated ``delta``."""
+
+
+@functools.lru_cache(maxsize=128)
+def _composed_epsilon(
+    accountant: type[Accountant], events: tuple[PrivacyEvent, ...], delta: float
+) -> float:
+    return accountant()._epsilon(events, delta)

@@ -1,22 +1,28 @@
 """End to end on Flower's Deployment Engine: a real SuperLink and real SuperNodes on
 127.0.0.1, with TLS and node authentication, started through the ``oralfed`` command.
 
-One module-scoped deployment: provision, start the coordinator and three clinics, show that
-an unregistered key, a node without the federation's CA and a removed clinic are refused,
-run a 2-round federation, then kill a clinic mid-run and restart it with the same kit.
+One module-scoped deployment: provision, start the coordinator and three clinics (each a
+SuperNode and the warm clinic runtime beside it), show that an unregistered key, a node
+without the federation's CA and a removed clinic are refused, run a 2-round federation,
+kill a clinic mid-run and restart it with the same kit, kill one message's process mid-way
+and see the next message served, and show that the runtime came out of every message as it
+went in.
 Every process is started in a process group of its own and stopped in the fixture's
 ``finally``, also when a test fails.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -137,7 +143,36 @@ def federation_run(deployment: Deployment) -> dict[str, Any]:
     out = deployment.root / "run1"
     completed = oralfed(*launch_arguments(deployment, out, min_clinics=3, timeout=120), check=False)
     assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
+    RUNTIME_AFTER_FIRST_RUN.update(_runtime_footprint(deployment, "clinic-01"))
     return json.loads((out / "report.json").read_text())
+
+
+# The clinic runtime's processes after the first run: (resident KiB, open descriptors) by role.
+RUNTIME_AFTER_FIRST_RUN: dict[str, tuple[int, int]] = {}
+
+
+def _runtime_footprint(deployment: Deployment, clinic: str) -> dict[str, tuple[int, int]]:
+    """Memory and open files of the clinic runtime's loop and of its fork-server template."""
+    loop = int((deployment.root / "state" / clinic / "clinic-runtime.pid").read_text())
+    [template] = [pid for pid in _children(loop)]
+    return {"loop": _footprint(loop), "template": _footprint(template)}
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stat = (entry / "stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+def _footprint(pid: int) -> tuple[int, int]:
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
+    return rss, len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def test_deployed_federation_completes_with_report(
@@ -265,6 +300,50 @@ def test_dead_node_does_not_hang_the_run_and_rejoins(
         90,
         "clinic-03 to reconnect",
     )
+
+
+def test_a_message_whose_process_is_killed_fails_alone_and_the_next_is_served(
+    deployment: Deployment, federation_run: dict[str, Any]
+) -> None:
+    """clinic-02's process for its round-1 message is SIGKILLed mid-way (as an out-of-memory
+    kill would end it). Flower reports that message failed once its task token expires; the
+    clinic's round-2 message is served by a fresh process from the same warm runtime."""
+    out = deployment.root / "run3"
+    launch = deployment.start(
+        "launch3", *launch_arguments(deployment, out, min_clinics=2, timeout=120)
+    )
+    loop = int((deployment.root / "state" / "clinic-02" / "clinic-runtime.pid").read_text())
+    [template] = _children(loop)
+    deadline = time.monotonic() + 180
+    while not (tasks := _children(template)):
+        assert time.monotonic() < deadline and launch.poll() is None, "no message reached clinic-02"
+        time.sleep(0.02)
+    os.kill(tasks[0], signal.SIGKILL)
+    assert launch.wait(timeout=400) == 0, deployment.output("launch3")[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    first, second = report["rounds"]
+    assert "clinic-02" not in first["trained"] and {"clinic-01", "clinic-03"} <= set(
+        first["trained"]
+    )
+    assert "clinic-02" in second["trained"]
+    log = (deployment.root / "state" / "clinic-02" / "clinic-runtime.log").read_text()
+    assert f"(pid {tasks[0]}) ended with code -9" in log
+
+
+def test_the_clinic_runtime_serves_messages_without_growing(
+    deployment: Deployment, federation_run: dict[str, Any]
+) -> None:
+    """After every run and query of this module, clinic-01's runtime holds the files it held
+    after the first run and no more memory than its bounded caches: each message's memory
+    and files ended with that message's process."""
+    log = (deployment.root / "state" / "clinic-01" / "clinic-runtime.log").read_text()
+    assert log.count("ended with code 0") >= 8  # trained, evaluated, answered queries
+    now = _runtime_footprint(deployment, "clinic-01")
+    for role, (rss, fds) in RUNTIME_AFTER_FIRST_RUN.items():
+        assert now[role][1] == fds, f"the runtime's {role} holds {now[role][1] - fds} more files"
+        assert now[role][0] - rss < 32 * 1024, (
+            f"the runtime's {role} grew by {now[role][0] - rss} KiB"
+        )
 
 
 def _active_nodes(deployment: Deployment) -> int:

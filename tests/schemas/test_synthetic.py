@@ -65,10 +65,24 @@ CALIBRATION_SEEDS = (0, 1, 2)
 # --- the contract, restated from shared/docs/data-contract.md -------------------------
 
 EXPECTED_COLUMNS = (
-    "patient_ref", "age_years", "sex", "smoking_status", "brushing_per_day",
-    "flossing_days_per_week", "sugary_drinks_per_day", "sugary_snacks_per_day",
-    "fluoride_toothpaste", "fluoridated_water", "dental_visits_per_year", "diabetes", "bmi",
-    "last_visit_date", "dmft", "untreated_caries", "periodontitis", "consent_tier",
+    "patient_ref",
+    "age_years",
+    "sex",
+    "smoking_status",
+    "brushing_per_day",
+    "flossing_days_per_week",
+    "sugary_drinks_per_day",
+    "sugary_snacks_per_day",
+    "fluoride_toothpaste",
+    "fluoridated_water",
+    "dental_visits_per_year",
+    "diabetes",
+    "bmi",
+    "last_visit_date",
+    "dmft",
+    "untreated_caries",
+    "periodontitis",
+    "consent_tier",
 )
 OPTIONAL = frozenset({"fluoridated_water", "bmi", "last_visit_date", "periodontitis"})
 CATEGORIES = {
@@ -80,8 +94,11 @@ CATEGORIES = {
 }
 INTEGERS = {"age_years": (2, 110), "flossing_days_per_week": (0, 7), "dmft": (0, 32)}
 NUMBERS = {
-    "brushing_per_day": (0, 6), "sugary_drinks_per_day": (0, 20),
-    "sugary_snacks_per_day": (0, 20), "dental_visits_per_year": (0, 12), "bmi": (10, 80),
+    "brushing_per_day": (0, 6),
+    "sugary_drinks_per_day": (0, 20),
+    "sugary_snacks_per_day": (0, 20),
+    "dental_visits_per_year": (0, 12),
+    "bmi": (10, 80),
 }
 BOOLEANS = ("fluoride_toothpaste", "diabetes", "untreated_caries")
 BOOLEAN_WORDS = {"true", "false", "yes", "no", "1", "0"}
@@ -349,9 +366,16 @@ def test_public_caries_model_is_the_one_the_labels_come_from() -> None:
 
 def test_caries_model_directions() -> None:
     base = dict(
-        age_years=40, smoking_status="never", brushing_per_day=2, flossing_days_per_week=3,
-        sugary_drinks_per_day=1, sugary_snacks_per_day=1, fluoride_toothpaste=True,
-        fluoridated_water="yes", dental_visits_per_year=1, diabetes=False,
+        age_years=40,
+        smoking_status="never",
+        brushing_per_day=2,
+        flossing_days_per_week=3,
+        sugary_drinks_per_day=1,
+        sugary_snacks_per_day=1,
+        fluoride_toothpaste=True,
+        fluoridated_water="yes",
+        dental_visits_per_year=1,
+        diabetes=False,
     )
     p0 = untreated_caries_probability(**base)[0]
 
@@ -402,8 +426,12 @@ def test_periodontitis_model_is_ordinal_and_matches_the_labels() -> None:
 
     def severe_or_moderate(**kw: object) -> float:
         person = dict(
-            age_years=45, smoking_status="never", diabetes=False, sex="female",
-            flossing_days_per_week=3, dental_visits_per_year=1,
+            age_years=45,
+            smoking_status="never",
+            diabetes=False,
+            sex="female",
+            flossing_days_per_week=3,
+            dental_visits_per_year=1,
         )
         stages = periodontitis_stage_probabilities(**{**person, **kw})[0]
         return float(stages[2:].sum())
@@ -422,11 +450,18 @@ def design_matrix(rows: Sequence[Row]) -> np.ndarray:
     bmi_written = column(rows, "bmi")
     bmi = np.asarray([float(v) if v else 26.0 for v in bmi_written])
     features = [
-        np.ones(len(rows)), (age - 40) / 20,
-        numbers(rows, "brushing_per_day"), numbers(rows, "flossing_days_per_week") / 7,
-        numbers(rows, "sugary_drinks_per_day"), numbers(rows, "sugary_snacks_per_day"),
-        numbers(rows, "dental_visits_per_year"), (bmi - 26) / 5, bmi_written == "",
-        age <= 5, (age >= 6) & (age <= 19), age >= 65,
+        np.ones(len(rows)),
+        (age - 40) / 20,
+        numbers(rows, "brushing_per_day"),
+        numbers(rows, "flossing_days_per_week") / 7,
+        numbers(rows, "sugary_drinks_per_day"),
+        numbers(rows, "sugary_snacks_per_day"),
+        numbers(rows, "dental_visits_per_year"),
+        (bmi - 26) / 5,
+        bmi_written == "",
+        age <= 5,
+        (age >= 6) & (age <= 19),
+        age >= 65,
     ]
     for name, values in CATEGORIES.items():
         if name in ("sex", "smoking_status", "fluoridated_water"):
@@ -546,8 +581,10 @@ def describe_fault(row: Row, original: Row, rows: Sequence[Row]) -> str:
     if name in BOOLEANS:
         return "malformed_boolean"
     if name == "last_visit_date":
-        return "future_visit_date" if ISO_DATE.fullmatch(value) and value > "2100" else (
-            "bad_date_format"
+        return (
+            "future_visit_date"
+            if ISO_DATE.fullmatch(value) and value > "2100"
+            else ("bad_date_format")
         )
     return "number_out_of_range" if NUMBER.fullmatch(value) else "non_numeric_number"
 
