@@ -51,9 +51,18 @@ def start(
     insecure: Annotated[
         bool, typer.Option(help="Plaintext, no node auth (only with --dev; never in production).")
     ] = False,
+    persist_superlink_state: Annotated[
+        bool,
+        typer.Option(
+            help="Keep Flower's SuperLink state (runs, node keys, messages in flight) in "
+            "superlink.db across restarts; by default it is in memory and every clinic of the "
+            "federation folder is registered again at each start (docs/deployment.md, Speed)."
+        ),
+    ] = False,
 ) -> None:
-    """Start the SuperLink in the foreground; pending clinic keys are registered once it
-    listens. Stop it with Ctrl-C or SIGTERM (every child process is stopped too)."""
+    """Start the SuperLink in the foreground; once it listens, every clinic key of the
+    federation folder is registered (only pending ones when its state persists). Stop it with
+    Ctrl-C or SIGTERM (every child process is stopped too)."""
     if insecure and not dev:
         raise UserError("--insecure is only allowed together with --dev (never in production)")
     if insecure:
@@ -76,12 +85,13 @@ def start(
         host=host,
         insecure=insecure,
         coordinator_url=coordinator_url,
+        persist_state=persist_superlink_state,
     )
     process = start_superlink(options)
     try:
         wait_until_ready(process, config)
         if not insecure:
-            for entry in register_pending(federation_dir):
+            for entry in register_pending(federation_dir, again=not persist_superlink_state):
                 console.print(f"registered clinic {entry.name} as node {entry.node_id}")
     except BaseException:
         stop_process_group(process)

@@ -149,13 +149,16 @@ def list_clinics(fed_dir: Path) -> list[ClinicEntry]:
     return sorted(FederationConfig.load(fed_dir).clinics.values(), key=lambda e: e.added)
 
 
-def register_pending(fed_dir: Path) -> list[ClinicEntry]:
-    """Register every pending clinic's public key with the running SuperLink."""
+def register_pending(fed_dir: Path, *, again: bool = False) -> list[ClinicEntry]:
+    """Register every pending clinic's public key with the running SuperLink; ``again``: the
+    registered ones too (a SuperLink whose state is in memory starts knowing none of them).
+    A removed clinic is never registered."""
     paths = FederationPaths(fed_dir)
     config = FederationConfig.load(fed_dir)
     registered = []
+    wanted = {"pending", "registered"} if again else {"pending"}
     for entry in config.clinics.values():
-        if entry.status != "pending":
+        if entry.status not in wanted:
             continue
         entry.node_id, entry.status = register_node(paths, entry.name), "registered"
         config.save(fed_dir)  # after each one: a failure later leaves the earlier ones true

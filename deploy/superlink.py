@@ -1,11 +1,19 @@
-"""Run the coordinator's Flower SuperLink with TLS, node authentication and durable state.
+"""Run the coordinator's Flower SuperLink with TLS and node authentication.
 
 The SuperLink is Flower's own server (we write no network layer). This module only builds
 its command line from a provisioned federation folder and starts it (``processes``
 supervises it): TLS with the federation's certificates, SuperNode authentication on (only
-registered keys may connect), a persistent ``--database`` (registered nodes and runs
-survive a restart), no ``uv sync`` per run (the coordinator's environment is fixed), and
-logs to a file. Its ServerApps inherit the coordinator database's URL through the
+registered keys may connect), no ``uv sync`` per run (the coordinator's environment is
+fixed), and logs to a file.
+
+Its state (registered node keys, runs, messages in flight) is kept in memory by default:
+Flower's SQLite state database cost the SuperLink 2.5 s of CPU per round with 5 clinics
+here (bench/deploy_overhead.py, docs/benchmarks.md), more than the clinics' work. What must
+survive a restart lives elsewhere: the federation folder lists every clinic and its key
+(``oralfed server start`` registers them all again at each start), and the coordinator
+database and the run folder's checkpoint hold the runs. ``persist_state`` keeps Flower's
+database (``superlink.db``) for operators who want Flower's own records across restarts.
+Its ServerApps inherit the coordinator database's URL through the
 environment variable ``oralfed.server.app`` reads; the clinic's side never imports this.
 """
 
@@ -43,6 +51,7 @@ class SuperLinkOptions:
     host: str = "0.0.0.0"
     insecure: bool = False  # development only; the CLI allows it only behind --dev
     coordinator_url: str | None = None  # the runs' coordinator database (ServerApps inherit it)
+    persist_state: bool = False  # Flower's state in superlink.db instead of in memory
 
     def command(self, config: FederationConfig) -> list[str]:
         paths = FederationPaths(self.fed_dir)
@@ -52,8 +61,11 @@ class SuperLinkOptions:
             self.host,
             "--port",
             str(config.port),
-            "--database",
-            str((self.state_dir / SUPERLINK_DATABASE).resolve()),
+            *(
+                ["--database", str((self.state_dir / SUPERLINK_DATABASE).resolve())]
+                if self.persist_state
+                else []
+            ),
             "--log-file",
             str((self.state_dir / SUPERLINK_LOG).resolve()),
             "--disable-runtime-dependency-installation",

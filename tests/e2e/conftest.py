@@ -145,9 +145,12 @@ def clinic_status(fed: Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def running_federation(root: Path, clinics: tuple[str, ...]) -> Iterator[Deployment]:
-    """Synthetic data, a provisioned federation, its coordinator and ``clinics`` started
-    through the ``oralfed`` command; every process is stopped when the block ends."""
+def running_federation(
+    root: Path, clinics: tuple[str, ...], *server_options: str
+) -> Iterator[Deployment]:
+    """Synthetic data, a provisioned federation, its coordinator (``oralfed server start``
+    with ``server_options``) and ``clinics`` started through the ``oralfed`` command; every
+    process is stopped when the block ends."""
     fed = root / "federation"
     oralfed("data", "synth", "--out", root / "data", "--clinics", str(len(clinics)), "--seed", "5")
     # Provisioning through the library (its CLI is covered in tests/server).
@@ -166,6 +169,7 @@ def running_federation(root: Path, clinics: tuple[str, ...]) -> Iterator[Deploym
             root / "coordinator",
             "--host",
             "127.0.0.1",
+            *server_options,
         )
         wait_for(
             lambda: set(clinic_status(fed).values()) == {"registered"},
