@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from oralfed.deploy.fork_server import ForkServer, ForkServerError, TaskExit, TaskRunner
+from tests.processes import footprint
 
 
 def _leaky_task(request: dict[str, Any]) -> None:
@@ -77,13 +78,6 @@ def _wait_for_exits(server: ForkServer, count: int, timeout: float = 60) -> list
     return exits
 
 
-def _footprint(pid: int) -> tuple[int, int]:
-    """Resident memory in KiB and open file descriptors of a live process."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
-    return rss, len(os.listdir(f"/proc/{pid}/fd"))
-
-
 def test_tasks_run_in_their_own_processes_and_report_how_they_ended(
     server: ForkServer, tmp_path: Path
 ) -> None:
@@ -121,16 +115,16 @@ def test_many_tasks_leave_the_template_and_the_launcher_as_they_were(
     assert server.pid is not None
     server.launch({"out": str(tmp_path / "warm-up")})
     _wait_for_exits(server, 1)
-    template_before, launcher_fds_before = _footprint(server.pid), _footprint(os.getpid())[1]
+    template_before, launcher_fds_before = footprint(server.pid), footprint(os.getpid())[1]
     for index in range(30):
         server.launch(
             {"out": str(tmp_path / f"task-{index}"), "end": "raise" if index % 3 else None}
         )
         _wait_for_exits(server, 1)
-    rss_after, fds_after = _footprint(server.pid)
+    rss_after, fds_after = footprint(server.pid)
     assert fds_after == template_before[1]
     assert rss_after - template_before[0] < 4 * 1024  # KiB: each task kept 40 MB, none stayed
-    assert _footprint(os.getpid())[1] == launcher_fds_before
+    assert footprint(os.getpid())[1] == launcher_fds_before
     after_task = (tmp_path / "after-task.log").read_text().split()
     assert set(after_task) == {str(server.pid)}  # the template prepared after each task
     assert len(after_task) >= 31

@@ -13,7 +13,6 @@ Every process is started in a process group of its own and stopped in the fixtur
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -42,6 +41,7 @@ from tests.e2e.conftest import (
     running_federation,
     wait_for,
 )
+from tests.processes import children, footprint
 
 pytestmark = pytest.mark.e2e
 CLINICS = ("clinic-01", "clinic-02", "clinic-03")
@@ -156,25 +156,8 @@ RUNTIME_AFTER_FIRST_RUN: dict[str, tuple[int, int]] = {}
 def _runtime_footprint(deployment: Deployment, clinic: str) -> dict[str, tuple[int, int]]:
     """Memory and open files of the clinic runtime's loop and of its fork-server template."""
     loop = int((deployment.root / "state" / clinic / "clinic-runtime.pid").read_text())
-    [template] = [pid for pid in _children(loop)]
-    return {"loop": _footprint(loop), "template": _footprint(template)}
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                stat = (entry / "stat").read_text()
-                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                    found.append(int(entry.name))
-    return found
-
-
-def _footprint(pid: int) -> tuple[int, int]:
-    status = Path(f"/proc/{pid}/status").read_text()
-    rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
-    return rss, len(os.listdir(f"/proc/{pid}/fd"))
+    [template] = children(loop)
+    return {"loop": footprint(loop), "template": footprint(template)}
 
 
 def test_deployed_federation_completes_with_report(
@@ -317,13 +300,13 @@ def test_a_message_whose_process_is_killed_fails_alone_and_the_next_is_served(
     arguments = launch_arguments(deployment, out, min_clinics=2, timeout=120, target_epsilon=1.5)
     launch = deployment.start("launch3", *arguments)
     loop = int((deployment.root / "state" / "clinic-02" / "clinic-runtime.pid").read_text())
-    [template] = _children(loop)
+    [template] = children(loop)
     deadline = time.monotonic() + 180
-    while not (tasks := _children(template)):
+    while not (tasks := children(template)):
         assert time.monotonic() < deadline and launch.poll() is None, "no message reached clinic-02"
         time.sleep(0.02)
     time.sleep(1.0)  # it has pulled its message and is calibrating σ for the new target
-    assert _children(template) == tasks, "the round-1 task ended before it could be killed"
+    assert children(template) == tasks, "the round-1 task ended before it could be killed"
     os.kill(tasks[0], signal.SIGKILL)
     assert launch.wait(timeout=400) == 0, deployment.output("launch3")[-3000:]
     report = json.loads((out / "report.json").read_text())
