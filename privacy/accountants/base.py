@@ -9,7 +9,8 @@ the answer is a pure function of the accountant, the whole history and δ, all o
 the key, so it is the same arithmetic done once, not a remembered decision. A clinic's
 ClientApp asks for the ε of one history several times per message (the budget shown, the
 charge's recomputation under its lock, the run's bound); a PLD composition takes about a
-second on these machines. Nothing is kept across processes.
+second on these machines. Nothing is written anywhere: a process forked from one that
+composed a history (the clinic runtime's template) inherits the memo, any other starts empty.
 """
 
 from __future__ import annotations
