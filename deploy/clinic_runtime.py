@@ -15,10 +15,10 @@ with the task's token: the same pull, the same app, the same push and heartbeats
 What is kept warm is code, the parsed file and arithmetic. The file's import is cached by
 path, size and modification time (``oralfed.client.data``), so a changed file is imported
 and validated again by the task that reads it. Between tasks the template composes the
-ledger's history, so the accountant's memo holds the PLDs and ε the next task will ask for
-(:func:`compose_ledger_history`). Every privacy decision is made afresh in each task from
-what it reads: the policy check, the ledger (opened, migrated, every charge read, ε of that
-history), the release store.
+ledger's history and its likely next charge, so the accountant's memo holds the PLDs and ε
+the next task will ask for (:func:`compose_ledger_history`). Every privacy decision is made
+afresh in each task from what it reads: the policy check, the ledger (opened, migrated,
+every charge read, ε of that history), the release store.
 
 Only ClientApp tasks are taken: a clinic node never runs a ServerApp or any other app
 type, whatever its SuperNode is asked.
@@ -38,7 +38,7 @@ import sys
 import time
 from logging import ERROR, INFO, WARNING
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.proto.runtime_pb2 import AcquireTaskRequest
 from flwr.supercore import log
@@ -55,6 +55,9 @@ from flwr.supercore.superexec.plugin import AutoExecPlugin
 from oralfed.deploy.fork_server import ForkServer, ForkServerError, TaskRunner
 from oralfed.schemas.node_config import ClinicNode
 
+if TYPE_CHECKING:
+    from oralfed.privacy.ledger import Budget, PrivacyLedger
+
 __all__ = ["FIRST_POLL_SECONDS", "MAX_POLL_SECONDS", "WarmExecutor", "run_clinic_runtime"]
 
 # The loop asks for a task again at once after one was launched (a round sends one message
@@ -63,6 +66,9 @@ __all__ = ["FIRST_POLL_SECONDS", "MAX_POLL_SECONDS", "WarmExecutor", "run_clinic
 # four cheap loopback requests a second.
 FIRST_POLL_SECONDS = 0.02
 MAX_POLL_SECONDS = 0.25
+# The releases whose repetition the template composes ahead (compose_likely_charges): a
+# round's training and a run's evaluation are among the last few charges.
+LIKELY_CHARGES_LOOKBACK = 4
 ACQUIRE_TASK = "/flwr.proto.Runtime/AcquireTask"
 CLIENT_TASKS = frozenset({TaskType.CLIENT_APP})
 
@@ -160,7 +166,8 @@ def compose_ledger_history(node: ClinicNode) -> None:
     """Compose the data set's history as its ledger holds it now, and the checks of the
     newest calibrated σ, in the template, so that the next task finds the arithmetic done:
     the per-step PLD of each DP-SGD (σ, q) and ε of each exact history are remembered by
-    the accountants, keyed by the whole history (``oralfed.privacy.accountants``). A task
+    the accountants, keyed by the whole history (``oralfed.privacy.accountants``), and
+    what the next charge will likely ask (:func:`compose_likely_charges`). A task
     still reads the ledger itself and decides on what it reads; a history that changed in
     between is simply composed again. Run after each task, in the pause before the next
     round's message; the ledger is closed again before anything is forked. A failure here
@@ -175,18 +182,42 @@ def compose_ledger_history(node: ClinicNode) -> None:
             PrivacyLedger.in_state_dir(node.state_dir) as ledger,
             contextlib.suppress(UnknownDataset),  # a new clinic: nothing to compose yet
         ):
-            ledger.budget(node.dataset_id)
+            budget = ledger.budget(node.dataset_id)
+            compose_likely_charges(ledger, budget)
         CalibrationCache(node.state_dir / CALIBRATION_CACHE_FILE).compose_latest()
     except Exception as error:
         log(WARNING, "the ledger's history was not composed ahead: %s", error)
 
 
+def compose_likely_charges(ledger: PrivacyLedger, budget: Budget) -> None:
+    """Compose what the next task's charge will ask the accountant if it repeats one of the
+    latest releases (a run's next round trains with the same σ, q and steps; its final
+    evaluation is the last run's): ε of the whole history with that event added (the
+    ledger's quote), of the latest run's releases with it (the run's bound), and of the
+    event alone (a new run's first round). The same calls the task makes, so their answers
+    are in the accountants' memo when it asks; a wrong guess costs only this idle work."""
+    from oralfed.client.budget import run_epsilon
+    from oralfed.privacy.accountants import get_accountant
+
+    charges = ledger.history(budget.dataset_id)
+    if not charges:
+        return
+    history = [charge.event for charge in charges]
+    accountant = get_accountant(budget.accountant)
+    latest_run = charges[-1].run_id
+    for event in dict.fromkeys(history[-LIKELY_CHARGES_LOOKBACK:][::-1]):  # newest first
+        accountant.epsilon([*history, event], budget.delta)
+        run_epsilon(ledger, budget, latest_run, event)
+        accountant.epsilon([event], budget.delta)
+
+
 def _import_lazy_modules() -> None:
     """What a task would otherwise import on first use: torch's first optimizer imports
-    ``torch._dynamo`` (3 s here), Flower's Runtime client ``httpcore``. Building an
-    optimizer computes nothing, so no thread pool is started in the template before it
-    forks."""
+    ``torch._dynamo`` (3 s here), Flower's Runtime client ``httpcore``, a private
+    evaluation OpenDP (a second). Building an optimizer computes nothing, so no thread pool
+    is started in the template before it forks."""
     import httpcore  # noqa: F401
+    import opendp.prelude  # noqa: F401  (the exact samplers' first use: about a second)
     import torch
 
     torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)

@@ -64,7 +64,11 @@ class PromptGrid(Grid):
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         """Flower's contract: push, then pull until every reply is in or ``timeout`` passed
-        (``None``: wait for all)."""
+        (``None``: wait for all). Nothing to send asks the SuperLink nothing: Flower's
+        strategies send the evaluation messages of every round, none in most rounds."""
+        messages = list(messages)
+        if not messages:
+            return []
         waiting = set(self.push_messages(messages))
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []

@@ -16,8 +16,18 @@ import pytest
 from flwr.supercore.constant import TaskType
 from flwr.supercore.superexec.executor import ExecutionSpec, LaunchResultStatus
 
-from oralfed.deploy.clinic_runtime import CLIENT_TASKS, WarmExecutor, task_request
+from oralfed.client.budget import run_epsilon
+from oralfed.deploy.clinic_runtime import (
+    CLIENT_TASKS,
+    WarmExecutor,
+    compose_likely_charges,
+    task_request,
+)
 from oralfed.deploy.fork_server import ForkServer, TaskRunner
+from oralfed.privacy.accountants import get_accountant
+from oralfed.privacy.accountants.base import _composed_epsilon
+from oralfed.privacy.events import DpSgdEvent
+from oralfed.privacy.ledger import PrivacyLedger
 
 
 def _spec(task_type: TaskType, out: Path) -> ExecutionSpec:
@@ -80,3 +90,34 @@ def test_any_other_app_type_is_refused_and_nothing_runs(
     assert result.status == LaunchResultStatus.FAILED
     assert "ClientApps only" in (result.message or "")
     assert not executor.running and not out.exists()
+
+
+def test_the_template_composes_what_a_repeated_charge_asks(tmp_path: Path) -> None:
+    """After a round, the next round's charge (same mechanism, same run) and a new run's
+    first charge find every ε they ask for already composed: no accountant work in the task."""
+    earlier = DpSgdEvent(noise_multiplier=2.0, sample_rate=0.05, steps=20)
+    event = DpSgdEvent(noise_multiplier=1.1, sample_rate=0.05, steps=20)
+    with PrivacyLedger.in_state_dir(tmp_path) as ledger:
+        ledger.ensure_dataset("clinic-01", 10.0, 1e-5, "pld")
+        ledger.charge("clinic-01", earlier, run_id="run-0", round=1)
+        ledger.charge("clinic-01", event, run_id="run-a", round=1)
+        budget = ledger.budget("clinic-01")
+        _composed_epsilon.cache_clear()
+        compose_likely_charges(ledger, budget)
+        composed = _composed_epsilon.cache_info().misses
+        # for each of the two events: history + it, run-a's releases + it, it alone
+        assert composed == 6
+
+        assert run_epsilon(ledger, budget, "run-a", event) > 0
+        assert run_epsilon(ledger, budget, "run-b", event) > 0
+        charged = ledger.charge("clinic-01", event, run_id="run-a", round=2)
+        assert _composed_epsilon.cache_info().misses == composed
+    assert charged.epsilon_after == get_accountant("pld").epsilon([earlier, event, event], 1e-5)
+
+
+def test_a_ledger_without_charges_has_nothing_to_compose_ahead(tmp_path: Path) -> None:
+    with PrivacyLedger.in_state_dir(tmp_path) as ledger:
+        budget = ledger.ensure_dataset("clinic-01", 10.0, 1e-5, "pld")
+        _composed_epsilon.cache_clear()
+        compose_likely_charges(ledger, budget)
+    assert _composed_epsilon.cache_info().misses == 0
