@@ -221,6 +221,10 @@ def _import_lazy_modules() -> None:
     import torch
 
     torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    # The risk model has a few thousand parameters: a step's matrix products are too small
+    # for a second thread to pay for its synchronisation, and the node's other processes
+    # (the SuperNode, other messages) need the cores more than one message's idle spinning.
+    torch.set_num_threads(1)
 
 
 def run_clinic_runtime(runtime_api_address: str, secret: bytes, node: ClinicNode) -> None:
