@@ -225,12 +225,30 @@ def render_report(report: dict[str, Any]) -> None:
         console.print(f"[yellow]Baselines:[/] {report['baselines']}")
     if report.get("dp_engine"):
         console.print(f"Trained with the {report['dp_engine']} DP-SGD engine")
+    _render_secure_aggregation(report.get("secure_aggregation") or {})
     for row in report["clinics"]:
         for refusal in row["refusals"]:
             console.print(
                 f"[yellow]round {refusal['round']}: {row['clinic']} {refusal['status']}[/]: "
                 f"{refusal['reason']}"
             )
+
+
+def _render_secure_aggregation(secure: dict[str, Any]) -> None:
+    """Say whether the coordinator saw each clinic's update or only the rounds' means."""
+    if not secure.get("enabled"):
+        return
+    rounds = secure.get("rounds") or []
+    last = rounds[-1] if rounds else {}
+    dropped = sorted({c for r in rounds for c in r.get("dropped_after_key_sharing", [])})
+    shares, threshold = last.get("shares", "-"), last.get("reconstruction_threshold", "-")
+    console.print(
+        "Secure aggregation (SecAgg+): the coordinator saw each round's mean update only; "
+        f"{shares} shares per secret, any {threshold} reconstruct it; updates quantised to "
+        f"{last.get('quantization_range', '-')} levels "
+        f"within ±{last.get('clipping_range', '-')}, weights relative to {secure.get('max_weight')}"
+        + (f"; dropped out after sharing keys: {', '.join(dropped)}" if dropped else "")
+    )
 
 
 def _evaluation_text(evaluation: dict[str, Any] | None) -> str:

@@ -31,6 +31,7 @@ from oralfed.client.refusals import failed_request, refusal_reason
 from oralfed.client.release_store import Release, ReleaseKey, ReleaseStore, charged_before
 from oralfed.client.replies import refusal, reply
 from oralfed.client.requests import RequestError, TrainRequest, read_evaluate, read_train, run_id_of
+from oralfed.client.secure_aggregation import secure_aggregation_mod
 from oralfed.client.training import plan_dp_round
 from oralfed.privacy.calibration import CalibrationCache
 from oralfed.privacy.events import PrivacyEvent
@@ -61,7 +62,8 @@ def make_client_app(manifest: list[ClinicNode] | None = None) -> ClientApp:
 
         return run
 
-    app.train()(guarded(handle_train))
+    # Under secure aggregation Flower's SecAgg+ mod masks the update (client.secure_aggregation).
+    app.train(mods=[secure_aggregation_mod])(guarded(handle_train))
     app.evaluate()(guarded(handle_evaluate))
     app.query()(guarded(handle_query))
     return app

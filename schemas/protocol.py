@@ -95,11 +95,15 @@ QUERY_NOISY_STATISTIC: Final = "noisy-statistic"  # per cell (x bins), flattened
 QUERY_STATISTIC_NOISE_SD: Final = "statistic-noise-sd"
 
 # --- What each reply field is, privacy-wise (docs/privacy.md lists the same) -----------------
-# Every value a clinic puts in a train, evaluate or query reply is one of these three; the
+# Every value a clinic puts in a train, evaluate or query reply is one of these; the
 # adversarial tests check that a reply carries no key outside this table.
 DP_RELEASE: Final = "a DP release charged to the ledger before it leaves"
 DERIVED: Final = "a function of public configuration and already-charged releases"
 DECLARED_PUBLIC: Final = "declared public by the clinic (node config)"
+SECAGG_PROTOCOL: Final = "SecAgg+ keys, node ids and secret shares: fresh randomness, no data"
+# Flower's SecAgg+ mod's reply keys (flwr.common.secure_aggregation.secaggplus_constants.Key)
+SECAGG_MASKED_UPDATE: Final = "masked_params"
+SECAGG_PROTOCOL_KEYS: Final = ("pk1", "pk2", "dsts", "ctxts", "nids", "shares")
 REPLY_FIELDS: Final[dict[str, str]] = {
     REPLY_ARRAYS: DP_RELEASE,  # the DP-SGD model update
     EVAL_HISTOGRAM: DP_RELEASE,  # noisy score histogram (discrete Laplace)
@@ -118,4 +122,6 @@ REPLY_FIELDS: Final[dict[str, str]] = {
     DELTA: DECLARED_PUBLIC,  # the node's δ, or a default from public values
     CLINIC_ID: DECLARED_PUBLIC,
     ACCOUNTANT: DECLARED_PUBLIC,
+    SECAGG_MASKED_UPDATE: DP_RELEASE,  # the bounded, weighted DP-SGD update, masked
+    **dict.fromkeys(SECAGG_PROTOCOL_KEYS, SECAGG_PROTOCOL),
 }

@@ -34,6 +34,8 @@ __all__ = [
     "DEFAULT_EVAL_EPSILON",
     "DEFAULT_HIDDEN_SIZES",
     "DEFAULT_MAX_CLINIC_WEIGHT",
+    "DEFAULT_SECAGG_MAX_WEIGHT",
+    "DEFAULT_SECAGG_THRESHOLD",
     "DEFAULT_SEED",
     "DEFAULT_TARGET_EPSILON",
     "DEFAULT_UPDATE_NORM_BOUND",
@@ -57,6 +59,10 @@ DEFAULT_HIDDEN_SIZES: tuple[int, ...] = (64, 32)
 DEFAULT_UPDATE_NORM_BOUND = 25.0
 # A clinic's FedAvg weight is its public size; no dental clinic has ten million patients.
 DEFAULT_MAX_CLINIC_WEIGHT = 1e7
+# Secure aggregation: a majority-and-more of a round's clinics reconstruct a secret; weights
+# are quantised relative to the largest, which a dental clinic's patient list stays under.
+DEFAULT_SECAGG_THRESHOLD = 0.6
+DEFAULT_SECAGG_MAX_WEIGHT = 10_000.0
 
 
 class StrategyName(StrEnum):
@@ -171,6 +177,24 @@ class FederationSettings:
         "max-clinic-weight",
         "Largest num-examples (public size) a clinic's reply may carry; more is rejected.",
     )
+    secure_aggregation: bool = _setting(
+        False,
+        "secure-aggregation",
+        "Train under SecAgg+: the coordinator learns the round's weighted mean update, never "
+        "one clinic's update or weight (aggregation mean only).",
+    )
+    secagg_threshold: float = _setting(
+        DEFAULT_SECAGG_THRESHOLD,
+        "secagg-threshold",
+        "Share of a round's clinics whose shares reconstruct a secret (at least 2): more "
+        "resists collusion, fewer tolerates dropouts.",
+    )
+    secagg_max_weight: float = _setting(
+        DEFAULT_SECAGG_MAX_WEIGHT,
+        "secagg-max-weight",
+        "Largest public size a clinic's weight carries under secure aggregation (larger count "
+        "as it); the quantisation's error grows with it over the clinics' sizes.",
+    )
     local_epochs: int = _setting(2, "local-epochs", "Local epochs per round.")
     batch_size: int = _setting(64, "batch-size", "Expected DP-SGD batch size.")
     learning_rate: float = _setting(
@@ -238,6 +262,7 @@ class FederationSettings:
             "eval_epsilon",
             "update_norm_bound",
             "max_clinic_weight",
+            "secagg_max_weight",
         ):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -261,6 +286,30 @@ class FederationSettings:
                 ("hidden-sizes",), f"{{0}} must be positive widths, got {list(self.hidden_sizes)}"
             )
         self._check_aggregation()
+        self._check_secure_aggregation()
+
+    def _check_secure_aggregation(self) -> None:
+        """Secure aggregation hides the individual updates, which a robust aggregation needs
+        (it compares them), and needs two clinics at least to hide anything."""
+        if not (0 < self.secagg_threshold <= 1):
+            raise SettingsError(
+                ("secagg-threshold",), f"{{0}} must be in (0, 1], got {self.secagg_threshold}"
+            )
+        if not self.secure_aggregation:
+            return
+        if self.aggregation is not AggregationName.MEAN:
+            raise SettingsError(
+                ("secure-aggregation", "aggregation"),
+                f"{{0}} hides each clinic's update, and {{1}}={self.aggregation.value} needs "
+                "them one by one: use aggregation mean with secure aggregation (the norm bound "
+                "still limits each clinic's pull)",
+            )
+        if self.min_clinics < 2:
+            raise SettingsError(
+                ("secure-aggregation", "min-clinics"),
+                f"{{0}} needs at least 2 clinics in a round to hide one in the sum: set {{1}} "
+                f"to 2 or more, got {self.min_clinics}",
+            )
 
     def _check_aggregation(self) -> None:
         """Refuse a robust aggregation that cannot tolerate the hostile clinics it is asked
@@ -412,12 +461,23 @@ class RunSetting:
                 raise SettingsError((self.key,), problem) from None
         if self.name == "hidden_sizes":
             return _widths(self.key, raw)
+        if self.value_type is bool:
+            return _flag(self.key, raw)
         return self.convert(raw) if isinstance(raw, str) else raw
 
     def to_json(self, value: Any) -> Any:
         if isinstance(value, Enum | Path):
             return str(value.value if isinstance(value, Enum) else value)
         return list(value) if isinstance(value, tuple) else value
+
+
+def _flag(key: str, raw: Any) -> bool:
+    """A switch from a run config: TOML's true/false, or its spelling in ``--run-config``."""
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.strip().lower() in ("true", "false"):
+        return raw.strip().lower() == "true"
+    raise SettingsError((key,), f"{{0}} must be true or false, got {raw!r}")
 
 
 def _widths(key: str, raw: Any) -> tuple[int, ...]:

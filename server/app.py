@@ -35,6 +35,7 @@ from oralfed.server.coordinator_db import CoordinatorStore
 from oralfed.server.history import FederationHistory, RoundRecord, history_from_summaries
 from oralfed.server.prompt_grid import PromptGrid
 from oralfed.server.rounds import ContinuedRounds
+from oralfed.server.secure_aggregation import SecureAggregationGrid
 from oralfed.server.strategy import RoundCallback, make_strategy
 
 GLOBAL_MODEL_FILE = "global_model.pt"
@@ -92,6 +93,9 @@ def run_federation_rounds(
             on_round_end(record)
 
     strategy = make_strategy(settings, outcome.history, round_ended)
+    if settings.secure_aggregation:  # training rounds under SecAgg+; the strategy gets means
+        secure_grid = SecureAggregationGrid(grid, settings)
+        strategy.secure_rounds, grid = secure_grid.rounds, secure_grid
     if checkpoint is None:
         start = ArrayRecord(build_model(settings.hidden_sizes, seed=settings.seed).state_dict())
     else:

@@ -72,6 +72,8 @@ class RoundRecord:
     round: int
     results: list[ClinicResult] = field(default_factory=list)
     model_path: str | None = None
+    # the round's secure-aggregation parameters and dropouts (None: trained in the clear)
+    secure_aggregation: dict[str, Any] | None = None
 
     def of(self, phase: Phase, status: Status | None = None) -> list[ClinicResult]:
         return [
@@ -119,6 +121,7 @@ class RoundRecord:
             "eval_accuracy": evaluation.accuracy if evaluation else None,
             "evaluation": evaluation.to_dict() if evaluation else None,
             "model_path": self.model_path,
+            "secure_aggregation": self.secure_aggregation,
             "clinics": [asdict(r) for r in self.results],
         }
 
@@ -147,6 +150,7 @@ def history_from_summaries(summaries: list[dict[str, Any]]) -> FederationHistory
                     for entry in summary["clinics"]
                 ],
                 model_path=summary.get("model_path"),
+                secure_aggregation=summary.get("secure_aggregation"),
             )
             for summary in summaries
         ]

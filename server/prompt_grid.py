@@ -14,10 +14,9 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from flwr.app import Message, RecordDict
-from flwr.proto.node_pb2 import NodeInfo
-from flwr.serverapp import Grid
-from flwr.supercore.run import Run
+from flwr.app import Message
+
+from oralfed.server.wrapped_grid import WrappedGrid
 
 __all__ = ["FIRST_POLL_SECONDS", "MAX_POLL_SECONDS", "PromptGrid"]
 
@@ -25,40 +24,8 @@ FIRST_POLL_SECONDS = 0.05
 MAX_POLL_SECONDS = 0.2
 
 
-class PromptGrid(Grid):
+class PromptGrid(WrappedGrid):
     """``grid`` with a ``send_and_receive`` that polls from 50 ms up to 0.2 s, not every 3 s."""
-
-    def __init__(self, grid: Grid) -> None:
-        self.grid = grid
-
-    def set_run(self, run: Run) -> None:
-        self.grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self.grid.run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self.grid.get_node_ids()
-
-    def get_nodes(self) -> Iterable[NodeInfo]:
-        return self.grid.get_nodes()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.grid.pull_messages(message_ids)
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None

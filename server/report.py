@@ -79,6 +79,22 @@ def update_checks(settings: dict[str, Any], rounds: list[dict[str, Any]]) -> dic
     }
 
 
+def secure_aggregation(settings: dict[str, Any], rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Whether training ran under SecAgg+ and, per round, its parameters (shares,
+    reconstruction threshold, quantisation) and the clinics that dropped out after sharing
+    their keys (``oralfed.server.secure_aggregation``)."""
+    return {
+        "enabled": bool(settings.get("secure_aggregation")),
+        "threshold_fraction": settings.get("secagg_threshold"),
+        "max_weight": settings.get("secagg_max_weight"),
+        "rounds": [
+            {"round": summary["round"], **summary["secure_aggregation"]}
+            for summary in rounds
+            if summary.get("secure_aggregation")
+        ],
+    }
+
+
 def build_run_report(
     *,
     run_id: str | None,
@@ -110,5 +126,7 @@ def build_run_report(
         },
         "clinics": [{"clinic": clinic_id, **privacy[clinic_id]} for clinic_id in sorted(privacy)],
         "update_checks": update_checks(settings, rounds),
+        # Under secure aggregation the coordinator saw each round's mean update only.
+        "secure_aggregation": secure_aggregation(settings, rounds),
         "rounds": rounds,
     }

@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum
 
@@ -27,6 +27,7 @@ from oralfed.schemas.model import build_model, save_model
 from oralfed.schemas.settings import AggregationName, FederationSettings, StrategyName
 from oralfed.server.history import ClinicResult, FederationHistory, Phase, RoundRecord
 from oralfed.server.identities import check_identities, rejected
+from oralfed.server.secure_aggregation import SecureRound
 from oralfed.server.update_checks import (
     ModelArrays,
     UpdateRejected,
@@ -34,10 +35,12 @@ from oralfed.server.update_checks import (
     check_update,
     finite_problem,
     reference_arrays,
+    update_norm,
 )
 
 RoundCallback = Callable[[RoundRecord], None]
 NODE_POLL_SECONDS = 1.0
+SECURE_MEAN_SLACK = 0.01  # room for the quantiser's rounding in the mean's norm check
 NO_REPLY = "no reply before the round timeout: the node dropped out or did not finish in time"
 
 
@@ -73,6 +76,8 @@ class RecordingMixin:
     clinic_of_node: dict[int, str]
     sampled: dict[tuple[int, str], list[int]]
     sent: dict[int, ModelArrays]  # per round: the model the replies must be trained from
+    # per round, the secure aggregation's outcome (None: rounds train in the clear)
+    secure_rounds: dict[int, SecureRound] | None
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -138,19 +143,27 @@ class RecordingMixin:
         sent = self.sent.pop(server_round, None)
         if sent is None:
             raise FederationHalted(f"round {server_round}: replies came for no model sent")
-        checked = self._check_updates(record, accepted, sent)
+        secure = None if self.secure_rounds is None else self.secure_rounds.pop(server_round)
+        if secure is None:
+            checked = self._check_updates(record, accepted, sent)
+        else:
+            checked = _contributors(record, accepted, secure, self.clinic_of_node)
+        absent = [
+            f"{r.clinic_id} ({r.status}: {r.reason})" for r in record.results if r.status != "ok"
+        ]
+        why = "; ".join(absent) if absent else "no clinic replied before the round timeout"
+        if secure is not None and secure.problem is not None:
+            raise FederationHalted(f"round {server_round}: {secure.problem}; {why}")
         if len(checked) < self.settings.min_clinics:
-            absent = [
-                f"{r.clinic_id} ({r.status}: {r.reason})"
-                for r in record.results
-                if r.status != "ok"
-            ]
             raise FederationHalted(
                 f"round {server_round}: only {len(checked)} clinic(s) trained with an update "
                 f"that passed the checks, fewer than the minimum of {self.settings.min_clinics}; "
-                + ("; ".join(absent) if absent else "no clinic replied before the round timeout")
+                + why
             )
-        arrays, metrics = self._aggregate(server_round, checked)
+        if secure is None:
+            arrays, metrics = self._aggregate(server_round, checked)
+        else:
+            arrays, metrics = self._secure_mean(server_round, secure, sent), None
         problem = _model_problem(arrays, sent)
         if arrays is None or problem is not None:
             raise FederationHalted(
@@ -189,6 +202,29 @@ class RecordingMixin:
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Flower's aggregation of checked replies (a subclass may set it up per round)."""
         return super().aggregate_train(server_round, replies)  # type: ignore[misc]
+
+    def _secure_mean(
+        self, server_round: int, secure: SecureRound, sent: ModelArrays
+    ) -> ArrayRecord:
+        """The sent model moved by the unmasked mean update, once that mean passes what the
+        coordinator can still check: it exists, and it is no longer than the norm bound every
+        clinic scaled its own update to (a mean of such updates cannot be longer; rounding
+        adds far less than the 1 % allowed)."""
+        if secure.mean_update is None:  # a round with a problem halted before this
+            raise FederationHalted(f"round {server_round}: secure aggregation gave no mean")
+        mean = dict(zip(sent, secure.mean_update, strict=True))
+        norm = update_norm({name: sent[name] + mean[name] for name in sent}, sent)
+        bound = self.settings.update_norm_bound
+        if not norm <= bound * (1 + SECURE_MEAN_SLACK):
+            raise FederationHalted(
+                f"round {server_round}: the unmasked mean update has norm {norm:.4g}, beyond "
+                f"the bound {bound:g} every clinic holds its update to, so some clinic sent a "
+                "masked vector that is not its bounded update; the aggregate was neither saved "
+                "nor sent to the clinics"
+            )
+        return ArrayRecord(
+            {name: Array((sent[name] + mean[name]).astype(sent[name].dtype)) for name in sent}
+        )
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
@@ -230,6 +266,32 @@ def _read_reply(msg: Message, phase: Phase) -> ClinicResult:
     except UpdateRejected as error:
         return rejected(result, str(error))
     return result
+
+
+def _contributors(
+    record: RoundRecord,
+    accepted: list[tuple[int, Message]],
+    secure: SecureRound,
+    clinic_of_node: dict[int, str],
+) -> list[Message]:
+    """Under secure aggregation: the accepted replies whose masked vector is in the sum. A
+    clinic that replied but whose vector could not be used is rejected on record (its
+    masks were removed as a dropped-out clinic's); the round's protocol parameters and its
+    dropouts go on record too."""
+    contributors: list[Message] = []
+    for index, msg in accepted:
+        if msg.metadata.src_node_id in secure.dropped:
+            record.results[index] = rejected(
+                record.results[index],
+                "its masked vector was malformed and left out of the sum",
+            )
+        else:
+            contributors.append(msg)
+    record.secure_aggregation = {
+        **secure.parameters.public_dict(),
+        "dropped_after_key_sharing": [clinic_of_node.get(n, f"node-{n}") for n in secure.dropped],
+    }
+    return contributors
 
 
 def _model_problem(arrays: ArrayRecord | None, sent: ModelArrays) -> str | None:
@@ -315,4 +377,5 @@ def make_strategy(
             strategy = RecordingFedAvg(**common)
     strategy.history, strategy.settings, strategy.on_round_end = history, settings, on_round_end
     strategy.clinic_of_node, strategy.sampled, strategy.sent = {}, {}, {}
+    strategy.secure_rounds = None  # run_federation_rounds sets it when the run is secure
     return strategy

@@ -343,6 +343,38 @@ def test_the_clinic_runtime_serves_messages_without_growing(
         )
 
 
+def test_secure_aggregation_survives_a_clinic_killed_after_sharing_its_keys(
+    deployment: Deployment, federation_run: dict[str, Any]
+) -> None:
+    """A 2-round run under SecAgg+ over TLS: clinic-03 is SIGKILLed once it has answered
+    round 1's setup and key-sharing messages, before its masked vector; 2 of 3 clinics
+    still reconstruct (threshold 2), so the round's mean is unmasked without it, and it
+    released nothing. The report names it and the protocol's parameters."""
+    out = deployment.root / "run-secure"
+    runtime_log = deployment.root / "state" / "clinic-03" / "clinic-runtime.log"
+    before = runtime_log.read_text().count("ended with code 0")
+    earlier = len(_charges(deployment, "clinic-03"))
+    arguments = launch_arguments(deployment, out, min_clinics=2, timeout=45)
+    launch = deployment.start("launch-secure", *arguments, "--secure-aggregation")
+    deadline = time.monotonic() + 240
+    while runtime_log.read_text().count("ended with code 0") < before + 2:  # setup, keys
+        assert time.monotonic() < deadline and launch.poll() is None, "no key sharing at clinic-03"
+        time.sleep(0.02)
+    deployment.kill("clinic-03")
+    assert launch.wait(timeout=600) == 0, deployment.output("launch-secure")[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    first = report["rounds"][0]
+    assert first["secure_aggregation"]["dropped_after_key_sharing"] == ["clinic-03"]
+    assert first["secure_aggregation"]["reconstruction_threshold"] == 2
+    assert set(first["trained"]) == {"clinic-01", "clinic-02"}
+    assert report["secure_aggregation"]["enabled"] is True
+    assert not any(
+        type(c.event).__name__ == "DpSgdEvent" for c in _charges(deployment, "clinic-03")[earlier:]
+    )
+    deployment.start_clinic("clinic-03", deployment.fed / "clinics" / "clinic-03", "clinic-03.csv")
+    wait_for(lambda: _active_nodes(deployment) == 3, 90, "clinic-03 to reconnect")
+
+
 def _active_nodes(deployment: Deployment) -> int:
     listing = subprocess.run(
         [str(Path(sys.executable).with_name("flwr")), "supernode", "list", "--format", "json"],

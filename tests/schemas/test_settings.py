@@ -114,6 +114,8 @@ def test_every_cli_flag_sets_its_setting() -> None:
         "--trim-fraction": "0.1",
         "--update-norm-bound": "4.5",
         "--max-clinic-weight": "50000",
+        "--secagg-threshold": "0.8",
+        "--secagg-max-weight": "5000",
         "--local-epochs": "4",
         "--batch-size": "32",
         "--learning-rate": "0.05",
@@ -129,8 +131,9 @@ def test_every_cli_flag_sets_its_setting() -> None:
         "--dp-engine": "opacus",
         "--coordinator-url": "sqlite:///c.db",
     }
-    # every flagged setting is covered (a target ε is the alternative to a fixed σ, above)
-    assert {*arguments, "--target-epsilon"} == set(flag_names().values())
+    # every flagged setting is covered (a target ε is the alternative to a fixed σ, above;
+    # the secure-aggregation switch, refused with median, has a test of its own)
+    assert {*arguments, "--target-epsilon", "--secure-aggregation"} == set(flag_names().values())
     flags = [part for pair in arguments.items() for part in pair]
     result = CliRunner().invoke(app, [*flags, "--json"])
     assert result.exit_code == 0, result.output
@@ -144,6 +147,8 @@ def test_every_cli_flag_sets_its_setting() -> None:
             trim_fraction=0.1,
             update_norm_bound=4.5,
             max_clinic_weight=50000.0,
+            secagg_threshold=0.8,
+            secagg_max_weight=5000.0,
             local_epochs=4,
             batch_size=32,
             learning_rate=0.05,
@@ -188,3 +193,26 @@ def test_errors_name_the_setting_and_the_cli_names_its_flag(
     assert library_message in str(raised.value)
     assert "--" not in str(raised.value)
     assert cli_message in message_for(raised.value)
+
+
+def test_the_secure_aggregation_switch_and_what_it_refuses() -> None:
+    app = typer.Typer()
+    received: list[FederationSettings] = []
+
+    @app.command()
+    @run_setting_options()
+    def command(settings: SettingValues) -> None:
+        received.append(settings.build())
+
+    assert CliRunner().invoke(app, ["--secure-aggregation"]).exit_code == 0
+    assert CliRunner().invoke(app, []).exit_code == 0
+    assert [s.secure_aggregation for s in received] == [True, False]
+    assert FederationSettings.from_run_config({"secure-aggregation": "true"}).secure_aggregation
+    with pytest.raises(SettingsError, match="must be true or false"):
+        FederationSettings.from_run_config({"secure-aggregation": "yes"})
+    with pytest.raises(SettingsError, match="aggregation=krum needs them one by one"):
+        FederationSettings(secure_aggregation=True, aggregation="krum", min_clinics=5)
+    with pytest.raises(SettingsError, match="at least 2 clinics"):
+        FederationSettings(secure_aggregation=True, min_clinics=1)
+    with pytest.raises(SettingsError, match="secagg-threshold must be in"):
+        FederationSettings(secagg_threshold=1.5)
