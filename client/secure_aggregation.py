@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from flwr.app import Context, Message, MetricRecord
+from flwr.app import ConfigRecord, Context, Message, MetricRecord
 from flwr.app.message_type import MessageType
 from flwr.client.mod import secaggplus_mod
 from flwr.client.mod.secure_aggregation.secaggplus_mod import SecAggPlusState
@@ -68,6 +68,11 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppC
         return refused.reply
     for name in [name for name in out.content if name.startswith(LEGACY_PREFIX)]:
         del out.content[name]
+    clinic = context.node_config.get(protocol.NODE_CLINIC_ID)
+    if protocol.REPLY_CLINIC not in out.content and isinstance(clinic, str):
+        # every stage's answer names the clinic (declared public), so a clinic that drops
+        # out before it trains is still named in the coordinator's record
+        out.content[protocol.REPLY_CLINIC] = ConfigRecord({protocol.CLINIC_ID: clinic})
     return out
 
 

@@ -130,6 +130,7 @@ class SecureRound:
     replies: list[Message] = field(default_factory=list)  # stage 3's: identity and metrics only
     mean_update: Arrays | None = None  # the weighted mean of the updates, in the sent order
     dropped: list[int] = field(default_factory=list)  # nodes that shared keys, sent no vector
+    clinics: dict[int, str] = field(default_factory=dict)  # the names the stages' answers gave
     problem: str | None = None  # why there is no mean (the round fails)
 
 
@@ -165,6 +166,8 @@ def run_secure_round(
         for node, reply in replies.items():
             if reply.has_error():  # the first error a clinic sent is what the record shows
                 errors.setdefault(node, reply)
+            elif isinstance(name := _clinic_named(reply), str):
+                result.clinics.setdefault(node, name)
         return replies
 
     # 1. setup
@@ -355,6 +358,11 @@ def _failed(
     result.problem, result.mean_update = problem, None
     result.replies += (errors or {}).values()
     return result
+
+
+def _clinic_named(reply: Message) -> object:
+    identity = reply.content.config_records.get(protocol.REPLY_CLINIC)
+    return None if identity is None else identity.get(protocol.CLINIC_ID)
 
 
 def _configs(reply: Message) -> ConfigRecord | None:

@@ -289,7 +289,9 @@ def _contributors(
             contributors.append(msg)
     record.secure_aggregation = {
         **secure.parameters.public_dict(),
-        "dropped_after_key_sharing": [clinic_of_node.get(n, f"node-{n}") for n in secure.dropped],
+        "dropped_after_key_sharing": [
+            clinic_of_node.get(n) or secure.clinics.get(n) or f"node-{n}" for n in secure.dropped
+        ],
     }
     return contributors
 
