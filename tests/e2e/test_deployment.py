@@ -33,6 +33,7 @@ from oralfed.deploy.provisioning import add_clinic, init_federation, remove_clin
 from oralfed.privacy.ledger import PrivacyLedger
 from oralfed.schemas import protocol
 from oralfed.schemas.errors import ExitCode
+from oralfed.server.checkpoint import CHECKPOINT_DIR, CHECKPOINT_FILE
 from tests.e2e.conftest import (
     Deployment,
     clinic_status,
@@ -41,6 +42,7 @@ from tests.e2e.conftest import (
     running_federation,
     wait_for,
 )
+from tests.e2e.test_secure_aggregation import assert_models_are_means_of_releases
 from tests.processes import children, footprint
 
 pytestmark = pytest.mark.e2e
@@ -348,8 +350,9 @@ def test_secure_aggregation_survives_a_clinic_killed_after_sharing_its_keys(
 ) -> None:
     """A 2-round run under SecAgg+ over TLS: clinic-03 is SIGKILLed once it has answered
     round 1's setup and key-sharing messages, before its masked vector; 2 of 3 clinics
-    still reconstruct (threshold 2), so the round's mean is unmasked without it. The report
-    names it and the protocol's parameters."""
+    still reconstruct (threshold 2), so the round's mean is unmasked without it: each
+    round's model is the mean of the updates the other two released. The report names it
+    and the protocol's parameters."""
     out = deployment.root / "run-secure"
     supernode_log = deployment.root / "state" / "clinic-03" / "supernode.log"
     before = supernode_log.read_text().count("Sent successfully")
@@ -369,6 +372,8 @@ def test_secure_aggregation_survives_a_clinic_killed_after_sharing_its_keys(
     assert first["secure_aggregation"]["reconstruction_threshold"] == 2
     assert set(first["trained"]) == {"clinic-01", "clinic-02"}
     assert report["secure_aggregation"]["enabled"] is True
+    checkpoint = json.loads((out / CHECKPOINT_DIR / CHECKPOINT_FILE).read_text())
+    assert_models_are_means_of_releases(report, checkpoint["run_id"], deployment.root / "state")
     deployment.start_clinic("clinic-03", deployment.fed / "clinics" / "clinic-03", "clinic-03.csv")
     wait_for(lambda: _active_nodes(deployment) == 3, 90, "clinic-03 to reconnect")
 
