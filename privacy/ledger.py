@@ -290,10 +290,15 @@ class PrivacyLedger:
 
         Checked first without the lock (the common case: nothing to do, and no process waits
         for another just to open the ledger), then migrated under it, where the revision is
-        read again: a concurrent opener that migrated first leaves nothing to do.
+        read again: a concurrent opener that migrated first leaves nothing to do. A check
+        that finds the database busy (an opener migrating it holds the lock) waits for the
+        lock like any write, instead of refusing at once.
         """
-        with self._transaction() as session:
-            current = LEDGER_SCHEMA.current(session.connection())
+        try:
+            with self._transaction() as session:
+                current = LEDGER_SCHEMA.current(session.connection())
+        except LedgerBusy:  # another opener is migrating it: wait for that under the lock
+            current = None
         if current == LEDGER_SCHEMA.head:
             return current
         return self._write(lambda session: LEDGER_SCHEMA.upgrade(session.connection()))
