@@ -37,6 +37,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import (
 from flwr.compat.common.recorddict_compat import fitres_to_recorddict
 
 from oralfed.schemas import protocol
+from oralfed.schemas.model import l2_norm
 
 __all__ = ["bounded_update", "secure_aggregation_mod"]
 
@@ -113,7 +114,7 @@ def bounded_update(
     update = [
         t.astype(np.float64) - s.astype(np.float64) for t, s in zip(trained, sent, strict=True)
     ]
-    norm = math.sqrt(sum(float(np.square(part).sum()) for part in update))
+    norm = l2_norm(update)
     if not math.isfinite(norm):  # only a model sent with NaN or ±Inf trains into this
         raise ValueError("the trained update is not finite; it was not masked or sent")
     scale = norm_bound / norm if norm > norm_bound else 1.0

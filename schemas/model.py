@@ -7,7 +7,8 @@ tabular risk model gains nothing from anything fancier.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,3 +109,9 @@ def load_model(path: Path) -> tuple[RiskModel, Task, dict[str, Any]]:
     model = RiskModel(hidden_sizes=payload["hidden_sizes"])
     model.load_state_dict(payload["state_dict"])
     return model, Task(payload["task"]), dict(payload.get("metadata", {}))
+
+
+def l2_norm(parts: Iterable[np.ndarray]) -> float:
+    """The L2 norm of a model-sized vector held as arrays, summed in float64 (float32
+    squares of an update near 1e38 would overflow); NaN or ±Inf if any part holds one."""
+    return math.sqrt(sum(float(np.square(part.astype(np.float64)).sum()) for part in parts))

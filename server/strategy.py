@@ -23,7 +23,7 @@ from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, Kr
 
 from oralfed.schemas import protocol
 from oralfed.schemas.errors import ExitCode, OralFedError
-from oralfed.schemas.model import build_model, save_model
+from oralfed.schemas.model import build_model, l2_norm, save_model
 from oralfed.schemas.settings import AggregationName, FederationSettings, StrategyName
 from oralfed.server.history import ClinicResult, FederationHistory, Phase, RoundRecord
 from oralfed.server.identities import check_identities, rejected
@@ -35,7 +35,6 @@ from oralfed.server.update_checks import (
     check_update,
     finite_problem,
     reference_arrays,
-    update_norm,
 )
 
 RoundCallback = Callable[[RoundRecord], None]
@@ -213,7 +212,7 @@ class RecordingMixin:
         if secure.mean_update is None:  # a round with a problem halted before this
             raise FederationHalted(f"round {server_round}: secure aggregation gave no mean")
         mean = dict(zip(sent, secure.mean_update, strict=True))
-        norm = update_norm({name: sent[name] + mean[name] for name in sent}, sent)
+        norm = l2_norm(mean.values())
         bound = self.settings.update_norm_bound
         if not norm <= bound * (1 + SECURE_MEAN_SLACK):
             raise FederationHalted(

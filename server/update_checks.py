@@ -18,6 +18,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
 from oralfed.schemas import protocol
+from oralfed.schemas.model import l2_norm
 
 __all__ = [
     "CheckedUpdate",
@@ -120,11 +121,7 @@ def check_update(
 def update_norm(arrays: Mapping[str, np.ndarray], sent: Mapping[str, np.ndarray]) -> float:
     """L2 distance of the whole model from the sent one, in float64 (float32 squares of an
     update near 1e38 would overflow)."""
-    squares = sum(
-        float(np.square(arrays[name].astype(np.float64) - sent[name].astype(np.float64)).sum())
-        for name in sent
-    )
-    return math.sqrt(squares)
+    return l2_norm(arrays[name].astype(np.float64) - sent[name].astype(np.float64) for name in sent)
 
 
 def _weight(metrics: MetricRecord, max_weight: float) -> float:
