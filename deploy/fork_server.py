@@ -20,6 +20,8 @@ Requests and answers are one JSON line each over a Unix socket pair.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import io
 import json
 import os
@@ -163,6 +165,7 @@ def _serve(channel: socket.socket, prepare: Callable[[], TaskRunner]) -> None:
         if reaped := _reap(started):
             ended.extend(reaped)
             runner.after_task()
+            _return_freed_memory()
         if not selector.select(timeout=REAP_SECONDS):
             continue
         line = stream.readline()
@@ -181,6 +184,17 @@ def _serve(channel: socket.socket, prepare: Callable[[], TaskRunner]) -> None:
             _run_task(runner.run, request["launch"])
         started[pid] = time.monotonic()
         answer({"pid": pid})
+
+
+def _return_freed_memory() -> None:
+    """Hand the heap that ``after_task``'s arithmetic freed back to the system (glibc's
+    ``malloc_trim``): freed memory otherwise stays resident in the template, and every fork
+    copies its page tables, so the template's resident size shows only what it keeps (its
+    bounded caches). Nothing to do where the C library has no such call."""
+    library = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(library), "malloc_trim", None) if library else None
+    if trim is not None:
+        trim(0)
 
 
 def _reap(started: dict[int, float]) -> list[tuple[int, int, float, float]]:

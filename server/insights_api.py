@@ -166,7 +166,7 @@ class TokenInfo:
         }
 
 
-def _hash_secret(secret: str, salt: str) -> str:
+def hash_secret(secret: str, salt: str) -> str:
     return hashlib.scrypt(secret.encode(), salt=bytes.fromhex(salt), **_SCRYPT).hex()
 
 
@@ -202,7 +202,7 @@ def create_token(
                 token_id=token_id,
                 name=name,
                 salt=salt,
-                secret_hash=_hash_secret(secret, salt),
+                secret_hash=hash_secret(secret, salt),
                 epsilon_cap=epsilon_cap,
                 delta=delta,
                 accountant=accountant,
@@ -221,7 +221,7 @@ def authenticate(store: CoordinatorStore, authorization: str | None) -> TokenInf
     token_id = identifier.removeprefix(f"{TOKEN_PREFIX}_")
     with Session(store.engine) as session:
         row = session.get(ApiTokenRow, token_id)
-        if row is None or not hmac.compare_digest(row.secret_hash, _hash_secret(secret, row.salt)):
+        if row is None or not hmac.compare_digest(row.secret_hash, hash_secret(secret, row.salt)):
             return None
         return _token_info(row)
 
@@ -294,6 +294,81 @@ _QUERY_BODY = {
 }
 
 
+class CappedQueries:
+    """Queries charged to the asking token: check its cap, answer, charge, as one step under
+    one lock, so two requests of one token cannot both pass a check that only one of them
+    fits. The API's ``/v1/queries`` and the dashboard's query form both go through it."""
+
+    def __init__(
+        self,
+        store: CoordinatorStore,
+        run_query: QueryBackend,
+        coordinator_db: str | None,
+        policy: SuppressionPolicy,
+    ) -> None:
+        self.store, self.policy = store, policy
+        self._run_query, self._coordinator_db = run_query, coordinator_db
+        self._lock = threading.Lock()
+
+    def estimate(self, authenticated: TokenInfo, spec: QuerySpec) -> QueryEstimate:
+        """What ``spec`` would bring the token to if the clinics release the least noise an
+        honest clinic calibrates for it; nothing is asked or spent."""
+        token = load_token(self.store, authenticated.token_id)  # the history may have grown
+        try:
+            spent, after = token.epsilon(), token.epsilon([expected_event(spec)])
+        except UnsupportedEvent as error:
+            raise ApiRefusal(400, f"token {token.name!r}: {error}") from None
+        return QueryEstimate(token, spent, after)
+
+    def answer(self, authenticated: TokenInfo, spec: QuerySpec) -> tuple[InsightAnswer, TokenInfo]:
+        """The answer and the token as charged for it; :class:`ApiRefusal` (nothing spent)
+        when the query would pass the cap, :class:`~server.insights.UnansweredQuery` when
+        no clinic answered."""
+        with self._lock:
+            estimate = self.estimate(authenticated, spec)
+            token = estimate.token
+            if not estimate.fits:
+                raise ApiRefusal(
+                    409,
+                    f"token budget: this query would bring {token.name!r} to ε="
+                    f"{estimate.epsilon_after:.4g} > cap {token.epsilon_cap:g} "
+                    f"(δ={token.delta:g}, accountant {token.accountant}); spent so far "
+                    f"ε={estimate.epsilon_spent:.4g}. Nothing was spent.",
+                )
+            answer = run_and_record(
+                lambda: self._run_query(spec, self.policy, token.name), self._coordinator_db
+            )
+            refusal = unanswered(answer.to_dict())
+            if refusal is not None:
+                raise refusal  # nothing was released: nothing is charged
+            event = released_event(answer)
+            after = token.epsilon([event])
+            if after > token.epsilon_cap + _CAP_SLACK:
+                raise ApiRefusal(
+                    409,
+                    "token budget: a clinic released less noise than any honest clinic "
+                    f"calibrates for this query, which would bring {token.name!r} to "
+                    f"ε={after:.4g} > cap {token.epsilon_cap:g}; the answer is withheld and "
+                    "nothing was spent from the token (charged clinics: "
+                    f"{', '.join(p['clinic'] for p in answer.participants)}).",
+                )
+            charge_token(self.store, token.token_id, answer.query_id, event)
+            return answer, load_token(self.store, token.token_id)
+
+
+@dataclass(frozen=True)
+class QueryEstimate:
+    """A query's cost to a token before it is asked: ε spent now and ε after it."""
+
+    token: TokenInfo
+    epsilon_spent: float
+    epsilon_after: float
+
+    @property
+    def fits(self) -> bool:
+        return self.epsilon_after <= self.token.epsilon_cap + _CAP_SLACK
+
+
 def create_app(
     store: CoordinatorStore,
     run_query: QueryBackend,
@@ -317,7 +392,8 @@ def create_app(
         version="1",
         description=__doc__,
     )
-    budget_lock = threading.Lock()
+    queries = CappedQueries(store, run_query, coordinator_db, policy)
+    app.state.queries = queries
     loaded = load_model(model_path)[:2] if model_path is not None else None
 
     @functools.cache
@@ -327,7 +403,7 @@ def create_app(
 
     def require_model() -> tuple[RiskModel, Task]:
         if loaded is None:
-            raise _BadRequest(404, "this server was started without --model")
+            raise ApiRefusal(404, "this server was started without --model")
         return loaded
 
     async def json_body(request: Request) -> dict[str, Any]:
@@ -336,11 +412,11 @@ def create_app(
     def holder(request: Request) -> TokenInfo:
         token = authenticate(store, request.headers.get("authorization"))
         if token is None:
-            raise _BadRequest(401, "missing or wrong API token (Authorization: Bearer <token>)")
+            raise ApiRefusal(401, "missing or wrong API token (Authorization: Bearer <token>)")
         return token
 
-    @app.exception_handler(_BadRequest)
-    async def _refused(request: Request, error: _BadRequest) -> JSONResponse:
+    @app.exception_handler(ApiRefusal)
+    async def _refused(request: Request, error: ApiRefusal) -> JSONResponse:
         return _error(error.status, error.message)
 
     @app.exception_handler(UnansweredQuery)
@@ -362,44 +438,6 @@ def create_app(
         log.info("%s %s -> %s", request.method, request.url.path, response.status_code)
         return response
 
-    def answer_within_cap(
-        authenticated: TokenInfo, spec: QuerySpec
-    ) -> tuple[InsightAnswer, TokenInfo]:
-        """Check the cap, answer, charge: one step under the lock, so two requests of one
-        token cannot both pass a check that only one of them fits."""
-        with budget_lock:
-            token = load_token(store, authenticated.token_id)  # the history may have grown
-            try:
-                spent = token.epsilon()
-                would_spend = token.epsilon([expected_event(spec)])
-            except UnsupportedEvent as error:
-                raise _BadRequest(400, f"token {token.name!r}: {error}") from None
-            if would_spend > token.epsilon_cap + _CAP_SLACK:
-                raise _BadRequest(
-                    409,
-                    f"token budget: this query would bring {token.name!r} to ε="
-                    f"{would_spend:.4g} > cap {token.epsilon_cap:g} (δ={token.delta:g}, "
-                    f"accountant {token.accountant}); spent so far ε={spent:.4g}. "
-                    "Nothing was spent.",
-                )
-            answer = run_and_record(lambda: run_query(spec, policy, token.name), coordinator_db)
-            refusal = unanswered(answer.to_dict())
-            if refusal is not None:
-                raise refusal  # nothing was released: nothing is charged
-            event = released_event(answer)
-            after = token.epsilon([event])
-            if after > token.epsilon_cap + _CAP_SLACK:
-                raise _BadRequest(
-                    409,
-                    "token budget: a clinic released less noise than any honest clinic "
-                    f"calibrates for this query, which would bring {token.name!r} to "
-                    f"ε={after:.4g} > cap {token.epsilon_cap:g}; the answer is withheld and "
-                    "nothing was spent from the token (charged clinics: "
-                    f"{', '.join(p['clinic'] for p in answer.participants)}).",
-                )
-            charge_token(store, token.token_id, answer.query_id, event)
-            return answer, load_token(store, token.token_id)
-
     @app.get("/v1/token", summary="The calling token's ε cap, δ and spend")
     def token_status(request: Request) -> dict[str, Any]:
         return holder(request).status()
@@ -415,9 +453,9 @@ def create_app(
         try:
             spec = parse_query(data, max_cells)
         except QueryError as error:
-            raise _BadRequest(400, str(error)) from None
+            raise ApiRefusal(400, str(error)) from None
         log.info("query from %s: %s", token.name, json.dumps(data, sort_keys=True))
-        answer, charged = await run_in_threadpool(answer_within_cap, token, spec)
+        answer, charged = await run_in_threadpool(queries.answer, token, spec)
         result = answer.to_dict()
         log.info("answer %s to %s: %s", answer.query_id, token.name, json.dumps(result))
         return {**result, "token": charged.status()}
@@ -429,7 +467,7 @@ def create_app(
         try:
             record = profile_record(await json_body(request))
         except ProfileError as error:
-            raise _BadRequest(400, str(error)) from None
+            raise ApiRefusal(400, str(error)) from None
         return {"task": task.value, "risk": float(predict_risk(model, [record])[0])}
 
     @app.get(
@@ -471,15 +509,15 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise _BadRequest(400, f"malformed JSON body: not UTF-8 ({error})") from None
+        raise ApiRefusal(400, f"malformed JSON body: not UTF-8 ({error})") from None
     if json_depth(text) > MAX_JSON_DEPTH:
-        raise _BadRequest(400, f"malformed JSON body: nested deeper than {MAX_JSON_DEPTH} levels")
+        raise ApiRefusal(400, f"malformed JSON body: nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         data = json.loads(text, parse_constant=_not_json)
     except ValueError as error:  # JSONDecodeError, a non-JSON constant, an enormous integer
-        raise _BadRequest(400, f"malformed JSON body: {error}") from None
+        raise ApiRefusal(400, f"malformed JSON body: {error}") from None
     if not isinstance(data, dict):
-        raise _BadRequest(400, "the JSON body must be an object")
+        raise ApiRefusal(400, "the JSON body must be an object")
     return data
 
 
@@ -510,11 +548,11 @@ def _not_json(constant: str) -> float:
     raise ValueError(f"{constant} is not a JSON number")
 
 
-def _too_large() -> _BadRequest:
-    return _BadRequest(413, f"the request body is larger than {MAX_BODY_BYTES} bytes")
+def _too_large() -> ApiRefusal:
+    return ApiRefusal(413, f"the request body is larger than {MAX_BODY_BYTES} bytes")
 
 
-class _BadRequest(Exception):
+class ApiRefusal(Exception):
     """Raised inside a handler; the middleware turns it into a JSON 4xx response."""
 
     def __init__(self, status: int, message: str) -> None:
