@@ -7,6 +7,7 @@ import typer
 from oralfed.cli import (
     audit,
     clinic_cmd,
+    dashboard,
     data,
     deploy,
     federation_cmd,
@@ -37,6 +38,7 @@ app.add_typer(deploy.app, name="deploy")
 app.add_typer(server_cmd.app, name="server")
 app.add_typer(clinic_cmd.app, name="clinic")
 app.add_typer(federation_cmd.app, name="federation")
+app.add_typer(dashboard.app, name="dashboard")
 
 
 def main(argv: list[str] | None = None) -> None:

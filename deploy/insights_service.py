@@ -30,6 +30,7 @@ __all__ = [
     "create_api_token",
     "default_api_folder",
     "local_insights_api",
+    "log_requests_to",
 ]
 
 API_LOG_FILE = "insights-api.log"
@@ -85,7 +86,7 @@ def local_insights_api(
     folder = (folder or default_api_folder()).resolve()
     nodes = clinic_nodes(clinics, folder, notify)
     folder.mkdir(parents=True, exist_ok=True)
-    log_file = _log_requests_to(folder / API_LOG_FILE)
+    log_file = log_requests_to(api_log, folder / API_LOG_FILE)
     notify(f"Requests are logged to {log_file}")
     database = coordinator_db_path(coordinator_db)
     return create_app(
@@ -99,11 +100,11 @@ def local_insights_api(
     )
 
 
-def _log_requests_to(path: Path) -> Path:
-    """Send the API's request log to ``path``, once however often an API is built for it."""
-    if not any(getattr(h, "baseFilename", None) == str(path) for h in api_log.handlers):
+def log_requests_to(logger: logging.Logger, path: Path) -> Path:
+    """Send a web app's request log to ``path``, once however often the app is built."""
+    if not any(getattr(h, "baseFilename", None) == str(path) for h in logger.handlers):
         handler = logging.FileHandler(path)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        api_log.addHandler(handler)
-    api_log.setLevel(logging.INFO)
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     return path

@@ -67,12 +67,14 @@ class FederationBudgets:
     source: Path
     log_verified: bool
     budgets: tuple[ReportedBudget, ...]
+    head_hash: str = ""  # the verified log's head, to anchor a later verification
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": str(self.source),
             "reported_by_clinics": True,
             "coordinator_log_verified": self.log_verified,
+            "coordinator_log_head": self.head_hash,
             "clinics": [json_safe(vars(budget)) for budget in self.budgets],
         }
 
@@ -143,5 +145,7 @@ def clinic_budgets(
 def federation_budgets(state_dir: Path) -> FederationBudgets:
     """The coordinator's view: per clinic, the figures it last reported in a round."""
     target = open_target(state_dir=state_dir)
-    verified = verify_entries(target.entries, target.public_key).ok
-    return FederationBudgets(target.source, verified, tuple(reported_budgets(target.entries)))
+    result = verify_entries(target.entries, target.public_key)
+    return FederationBudgets(
+        target.source, result.ok, tuple(reported_budgets(target.entries)), result.head_hash
+    )
