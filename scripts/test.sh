@@ -13,6 +13,16 @@ if ! command -v initdb >/dev/null 2>&1 && ! compgen -G "/usr/lib/postgresql/*/bi
             || echo "warning: PostgreSQL could not be installed; its tests will skip" >&2
     fi
 fi
+# The dashboard's end-to-end tests drive a real headless browser: Debian's Chromium and its
+# WebDriver (a browser download at test time is not possible here).
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "Installing Chromium and its driver for the dashboard's browser tests..."
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            --no-install-recommends chromium chromium-driver >/dev/null; } \
+            || echo "warning: Chromium could not be installed; the browser tests will skip" >&2
+    fi
+fi
 cd "$ROOT"
 "$ROOT/.venv/bin/ruff" check .
 # mypy cannot follow the package-dir mapping (folders at the root, imported as oralfed.<folder>)

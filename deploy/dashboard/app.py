@@ -64,6 +64,7 @@ from oralfed.deploy.federation_dir import FEDERATION_FILE
 from oralfed.privacy.audit_targets import COORDINATOR_DATABASE, LEDGER_DATABASE
 from oralfed.schemas.errors import OralFedError
 from oralfed.schemas.query import (
+    COLUMN_KINDS,
     DEFAULT_QUERY_DELTA,
     GROUP_BY_COLUMNS,
     Measure,
@@ -88,7 +89,7 @@ SECURITY_HEADERS = {
     ),
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # "no-referrer" would send forms with Origin: null
     "Cache-Control": "no-store",
     "Cross-Origin-Opener-Policy": "same-origin",
 }
@@ -478,6 +479,7 @@ def _choices() -> dict[str, Any]:
     return {
         "measures": [m.value for m in Measure],
         "mechanisms": [m.value for m in Mechanism],
+        "columns": tuple(COLUMN_KINDS),
         "group_columns": GROUP_BY_COLUMNS,
         "default_delta": DEFAULT_QUERY_DELTA,
     }

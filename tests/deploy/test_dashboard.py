@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import shutil
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from oralfed.deploy.dashboard import (
 )
 from oralfed.deploy.dashboard.app import SECURITY_HEADERS
 from oralfed.deploy.dashboard.tokens import DASHBOARD_TOKENS_FILE, DashboardTokenError
+from oralfed.deploy.provisioning import add_clinic, init_federation
 from oralfed.privacy.audit_log import ROUND_COMPLETED, AuditLog
 from oralfed.privacy.audit_targets import verify_target
 from oralfed.privacy.events import DpSgdEvent
@@ -232,3 +234,23 @@ def test_every_request_is_logged_with_who_made_it(clinic, caplog) -> None:
     with caplog.at_level("INFO", logger="oralfed.dashboard"):
         client.get("/")
     assert any("officer GET / -> 200" in record.getMessage() for record in caplog.records)
+
+
+def test_the_clinics_of_a_federation_folder_are_listed_with_their_keys(
+    coordinator, tmp_path: Path
+) -> None:
+    site, token = coordinator
+    federation = tmp_path / "federation"
+    init_federation("test", federation)
+    entries = [add_clinic(federation, name) for name in ("clinic-01", "clinic-02", "clinic-09")]
+    client = logged_in(
+        TestClient(create_dashboard(replace(site, federation_dir=federation))), token
+    )
+    page = client.get("/").text
+    for entry in entries:
+        row = re.search(rf'<tr data-clinic="{entry.name}">(.*?)</tr>', page, re.S)
+        assert row is not None and entry.fingerprint in row.group(1)
+    newest = re.search(r'<tr data-clinic="clinic-01">(.*?)</tr>', page, re.S)
+    assert newest is not None and "trained in run-2 round 1" in newest.group(1)
+    never = re.search(r'<tr data-clinic="clinic-09">(.*?)</tr>', page, re.S)
+    assert never is not None and "never" in never.group(1)
