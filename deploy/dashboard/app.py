@@ -62,6 +62,7 @@ from oralfed.deploy.dashboard.tokens import (
 )
 from oralfed.deploy.federation_dir import FEDERATION_FILE
 from oralfed.privacy.audit_targets import COORDINATOR_DATABASE, LEDGER_DATABASE
+from oralfed.privacy.keys import PUBLIC_KEY_FILE
 from oralfed.schemas.errors import OralFedError
 from oralfed.schemas.query import (
     COLUMN_KINDS,
@@ -262,7 +263,10 @@ def create_dashboard(site: ClinicSite | CoordinatorSite) -> FastAPI:
         return response
 
     if isinstance(site, ClinicSite):
-        ledger_files = database_files(site.state_dir / LEDGER_DATABASE)
+        ledger_files = (
+            *database_files(site.state_dir / LEDGER_DATABASE),
+            site.state_dir / PUBLIC_KEY_FILE,  # what the log is verified with
+        )
 
         def current_clinic() -> ClinicView | str:
             try:
@@ -313,7 +317,7 @@ def create_dashboard(site: ClinicSite | CoordinatorSite) -> FastAPI:
             return [
                 views.get(
                     f"run/{folder}",
-                    database_files(folder / COORDINATOR_DATABASE),
+                    (*database_files(folder / COORDINATOR_DATABASE), folder / PUBLIC_KEY_FILE),
                     functools.partial(run_view, folder),
                 )
                 for folder in run_folders(coordinator.runs)

@@ -43,7 +43,7 @@ class SessionSigner:
             return None
         token_id, expires, signature = cookie.split(".")
         body = f"{token_id}.{expires}"
-        if not hmac.compare_digest(signature, self._sign("session", body)):
+        if not _same(signature, self._sign("session", body)):
             return None
         if not expires.isdigit() or int(expires) < (time.time() if now is None else now):
             return None
@@ -54,9 +54,12 @@ class SessionSigner:
         return self._sign("csrf", bound_to)
 
     def csrf_ok(self, bound_to: str | None, token: str | None) -> bool:
-        return bool(bound_to and token) and hmac.compare_digest(
-            str(token), self.csrf_token(str(bound_to))
-        )
+        return bool(bound_to and token) and _same(str(token), self.csrf_token(str(bound_to)))
 
     def _sign(self, purpose: str, text: str) -> str:
         return hmac.new(self.key, f"{purpose}\n{text}".encode(), hashlib.sha256).hexdigest()
+
+
+def _same(given: str, expected: str) -> bool:
+    """Constant-time equality of a value from the request (any text) and a hex digest."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode())

@@ -118,6 +118,7 @@ def read_clinic_tokens(state_dir: Path) -> dict[str, dict[str, Any]]:
         isinstance(entry, dict)
         and isinstance(entry.get("name"), str)
         and isinstance(entry.get("secret_hash"), str)
+        and re.fullmatch("[0-9a-f]{64,512}", entry["secret_hash"]) is not None
         and isinstance(entry.get("salt"), str)
         and re.fullmatch("[0-9a-f]{32}", entry["salt"]) is not None
         for entry in data.values()

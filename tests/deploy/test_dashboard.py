@@ -9,9 +9,12 @@ import shutil
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from oralfed.deploy.dashboard import (
     ClinicSite,
@@ -21,15 +24,19 @@ from oralfed.deploy.dashboard import (
 )
 from oralfed.deploy.dashboard.app import SECURITY_HEADERS
 from oralfed.deploy.dashboard.tokens import DASHBOARD_TOKENS_FILE, DashboardTokenError
+from oralfed.deploy.local_clinics import answer_in_process
 from oralfed.deploy.provisioning import add_clinic, init_federation
 from oralfed.privacy.audit_log import ROUND_COMPLETED, AuditLog
 from oralfed.privacy.audit_targets import verify_target
 from oralfed.privacy.events import DpSgdEvent
 from oralfed.privacy.keys import load_or_create_signing_key
 from oralfed.privacy.ledger import BudgetExceeded, PrivacyLedger
+from oralfed.schemas.node_config import ClinicNode
 from oralfed.server.coordinator_db import CoordinatorStore
 from oralfed.server.history import ClinicResult, RoundRecord
-from oralfed.server.insights_api import create_token
+from oralfed.server.insights import SuppressionPolicy
+from oralfed.server.insights_api import CappedQueries, create_token
+from tests.conftest import good_rows
 
 ROUND = DpSgdEvent(noise_multiplier=2.0, sample_rate=0.05, steps=100)
 
@@ -254,3 +261,66 @@ def test_the_clinics_of_a_federation_folder_are_listed_with_their_keys(
     assert newest is not None and "trained in run-2 round 1" in newest.group(1)
     never = re.search(r'<tr data-clinic="clinic-09">(.*?)</tr>', page, re.S)
     assert never is not None and "never" in never.group(1)
+
+
+@pytest.fixture
+def asking(tmp_path: Path, coordinator, write_csv) -> tuple[TestClient, list[ClinicNode]]:
+    """The coordinator's dashboard with the query form over two real clinics, logged in."""
+    site, token = coordinator
+    clinics = [
+        ClinicNode(name, write_csv(good_rows(150), name=f"{name}.csv"), tmp_path / name, name)
+        for name in ("north", "south")
+    ]
+    queries = CappedQueries(
+        site.store,
+        lambda spec, policy, who: answer_in_process(clinics, spec, policy, who),
+        str(site.store.engine.url),
+        SuppressionPolicy(),
+    )
+    client = logged_in(TestClient(create_dashboard(replace(site, queries=queries))), token)
+    return client, clinics
+
+
+def test_a_query_is_estimated_then_sent_and_charged_once(asking) -> None:
+    client, clinics = asking
+    form = {"measure": "count", "epsilon": "0.5", "csrf": csrf_of(client.get("/query").text)}
+    estimate = client.post("/query", data={**form, "action": "estimate"})
+    assert estimate.status_code == 200 and 'id="send"' in estimate.text
+    assert not any((c.state_dir / "ledger.db").exists() for c in clinics)  # nothing asked yet
+    after = re.search(r'id="estimate-after">([^<]+)<', estimate.text)
+    assert after is not None
+    sent = client.post("/query", data={**form, "action": "send"})
+    assert sent.status_code == 200 and 'id="answer-table"' in sent.text
+    charged = re.search(r"now ε ([0-9.]+) of 2", sent.text)
+    assert charged is not None and float(charged.group(1)) <= float(after.group(1)) * 1.001
+    over = client.post("/query", data={**form, "epsilon": "2", "action": "send"})
+    assert over.status_code == 409 and "Nothing was spent" in over.text
+    assert f"researcher: ε {charged.group(1)} of 2 spent" in client.get("/").text  # unchanged
+
+
+FORM = {"content-type": "application/x-www-form-urlencoded"}
+_FIELDS = st.sampled_from(
+    ["measure", "column", "value", "group_by", "epsilon", "delta", "mechanism", "bins",
+     "quantiles", "action", "csrf", "token", "x" * 300]
+)  # fmt: skip
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    fields=st.lists(st.tuples(_FIELDS, st.text(max_size=40)), max_size=12),
+    raw=st.binary(max_size=200),
+    keep_csrf=st.booleans(),
+)
+def test_no_form_however_hostile_gets_a_server_error(asking, fields, raw, keep_csrf) -> None:
+    client, _ = asking
+    csrf = csrf_of(client.get("/query").text)
+    data = [(name, value) for name, value in fields if name != "action"] + [("action", "estimate")]
+    if keep_csrf:
+        data.append(("csrf", csrf))
+    for path in ("/query", "/login"):
+        response = client.post(path, content=urlencode(data), headers=FORM, follow_redirects=False)
+        assert response.status_code < 500, (path, data, response.text[:300])
+        raw_response = client.post(path, content=raw, headers=FORM, follow_redirects=False)
+        assert raw_response.status_code < 500 and "Traceback" not in raw_response.text
