@@ -62,6 +62,7 @@ from oralfed.deploy.dashboard.tokens import (
 )
 from oralfed.deploy.federation_dir import FEDERATION_FILE
 from oralfed.privacy.audit_targets import COORDINATOR_DATABASE, LEDGER_DATABASE
+from oralfed.privacy.events import mechanism_name
 from oralfed.privacy.keys import PUBLIC_KEY_FILE
 from oralfed.schemas.errors import OralFedError
 from oralfed.schemas.query import (
@@ -137,6 +138,7 @@ def create_dashboard(site: ClinicSite | CoordinatorSite) -> FastAPI:
         loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"])
     )
     templates.filters["eps"] = _format_epsilon
+    templates.filters["mechanism"] = mechanism_name
     check: TokenCheck = (
         clinic_token_check(site.state_dir)
         if isinstance(site, ClinicSite)
@@ -343,13 +345,13 @@ def create_dashboard(site: ClinicSite | CoordinatorSite) -> FastAPI:
             all_runs = await run_in_threadpool(runs)
             answered = await run_in_threadpool(query_records, coordinator.store)
             reported: dict[str, tuple[RunView, Any]] = {}
-            for run in sorted(all_runs, key=lambda r: (r.started_at is not None, r.started_at)):
+            for run in sorted(all_runs, key=lambda r: r.age):
                 for budget in run.budgets.budgets if run.budgets else ():
                     reported[budget.clinic_id] = (run, budget)
             return page(
                 request,
                 "coordinator.html",
-                runs=list(reversed(all_runs)),
+                runs=sorted(all_runs, key=lambda r: r.age, reverse=True),
                 clinics=await run_in_threadpool(clinics, all_runs),
                 reported=sorted(reported.items()),
                 queries=answered[:50],

@@ -18,15 +18,15 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from oralfed.deploy.dashboard.clinic_view import ChargeRow
 from oralfed.privacy.budget_report import DatasetBudgetReport
+from oralfed.privacy.ledger import ChargeRecord
 
 __all__ = ["answer_chart", "auc_chart", "budget_chart"]
 
 _HEADROOM = 1.15
 
 
-def budget_chart(report: DatasetBudgetReport, charges: Sequence[ChargeRow]) -> bytes:
+def budget_chart(report: DatasetBudgetReport, charges: Sequence[ChargeRecord]) -> bytes:
     """ε of the data set's history after each charge (its receipt) over time, against the cap
     in force, with the current recomputation as the last point's label."""
     figure = Figure(figsize=(8, 3.6))

@@ -13,7 +13,6 @@ patient-level value is in the state dir's log, and none is shown.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,24 +25,9 @@ from oralfed.privacy.audit_log import (
 )
 from oralfed.privacy.audit_targets import LEDGER_DATABASE, read_ledger
 from oralfed.privacy.budget_views import ClinicBudgets, clinic_budgets
-from oralfed.privacy.events import mechanism_name
 from oralfed.privacy.ledger import ChargeRecord
 
-__all__ = ["ChargeRow", "ClinicView", "RefusalRow", "clinic_view"]
-
-
-@dataclass(frozen=True)
-class ChargeRow:
-    """One charge as the officer reads it."""
-
-    dataset_id: str
-    recorded_at: datetime
-    run_id: str
-    round: int | None
-    mechanism: str
-    noise_multiplier: float
-    epsilon_after: float  # the receipt: ε of the history up to and including this charge
-    delta: float
+__all__ = ["ClinicView", "RefusalRow", "clinic_view"]
 
 
 @dataclass(frozen=True)
@@ -64,7 +48,7 @@ class RefusalRow:
 class ClinicView:
     state_dir: Path
     budgets: ClinicBudgets
-    charges: tuple[ChargeRow, ...]  # oldest first
+    charges: tuple[ChargeRecord, ...]  # oldest first
     refusals: tuple[RefusalRow, ...]
     imports: tuple[dict[str, Any], ...]  # the log's data.imported payloads: counts only
     policy: dict[str, Any] | None  # the policy the ClientApp last recorded as in force
@@ -73,7 +57,7 @@ class ClinicView:
     def verified(self) -> bool:
         return self.budgets.verification.ok
 
-    def charges_of(self, dataset_id: str) -> list[ChargeRow]:
+    def charges_of(self, dataset_id: str) -> list[ChargeRecord]:
         return [charge for charge in self.charges if charge.dataset_id == dataset_id]
 
 
@@ -84,9 +68,7 @@ def clinic_view(state_dir: Path) -> ClinicView:
     budgets = clinic_budgets(state_dir)
     with read_ledger(state_dir / LEDGER_DATABASE) as ledger:
         charges = [
-            _charge_row(charge)
-            for budget in ledger.datasets()
-            for charge in ledger.history(budget.dataset_id)
+            charge for budget in ledger.datasets() for charge in ledger.history(budget.dataset_id)
         ]
     entries = read_database_log(state_dir / LEDGER_DATABASE)
     policies = [_payload(entry) for entry in entries if entry.kind == POLICY_IN_FORCE]
@@ -101,19 +83,6 @@ def clinic_view(state_dir: Path) -> ClinicView:
             if entry.kind == DATA_IMPORTED
         ),
         policy=policies[-1] if policies else None,
-    )
-
-
-def _charge_row(charge: ChargeRecord) -> ChargeRow:
-    return ChargeRow(
-        dataset_id=charge.dataset_id,
-        recorded_at=charge.recorded_at,
-        run_id=charge.run_id,
-        round=charge.round,
-        mechanism=mechanism_name(charge.event),
-        noise_multiplier=charge.event.noise_multiplier,
-        epsilon_after=charge.epsilon_after,
-        delta=charge.delta,
     )
 
 

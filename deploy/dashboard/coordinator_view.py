@@ -61,6 +61,11 @@ class RunView:
         return self.folder.name
 
     @property
+    def age(self) -> tuple[bool, datetime | None]:
+        """Sorts runs oldest first, runs whose start is unknown (unreadable) before all."""
+        return (self.started_at is not None, self.started_at)
+
+    @property
     def log_verified(self) -> bool:
         return self.budgets is not None and self.budgets.log_verified
 
@@ -140,7 +145,7 @@ def clinic_statuses(federation_dir: Path, runs: list[RunView]) -> list[ClinicSta
     """The federation's clinics, each with the newest round of ``runs`` it answered."""
     config = FederationConfig.load(federation_dir)
     latest: dict[str, tuple[str, int, str]] = {}
-    for run in sorted(runs, key=lambda r: r.started_at or datetime.min):
+    for run in sorted(runs, key=lambda r: r.age):
         for summary in run.rounds:
             number = int(summary.get("round", 0))
             for clinic in summary.get("trained", []):
