@@ -52,11 +52,13 @@ def one_torch_thread() -> Iterator[None]:
 class BiasFreeMlp(nn.Module):
     """Linear layers without bias: the other branch of the ghost norm."""
 
-    def __init__(self) -> None:
+    def __init__(self, seed: int) -> None:
         super().__init__()
-        self.layers = nn.Sequential(
-            nn.Linear(NUM_FEATURES, 16, bias=False), nn.ReLU(), nn.Linear(16, 1, bias=False)
-        )
+        with torch.random.fork_rng():  # seeded like build_model: the same start in any order
+            torch.manual_seed(seed)
+            self.layers = nn.Sequential(
+                nn.Linear(NUM_FEATURES, 16, bias=False), nn.ReLU(), nn.Linear(16, 1, bias=False)
+            )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.layers(features).squeeze(-1)
@@ -66,7 +68,7 @@ MODELS = {
     "default": lambda: build_model(seed=11),
     "wide": lambda: build_model((256, 256), seed=12),
     "linear-only": lambda: build_model((), seed=13),
-    "no-bias": lambda: BiasFreeMlp(),
+    "no-bias": lambda: BiasFreeMlp(seed=14),
 }
 
 
