@@ -8,6 +8,7 @@ Every process is started in a process group of its own and stopped when the fede
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -18,6 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from oralfed.deploy.provisioning import add_clinic, init_federation, list_clinics
 
@@ -182,3 +185,39 @@ def running_federation(
     finally:
         for name in list(deployment.processes):
             deployment.stop(name)
+
+
+def federate(
+    data: Path, state: Path, out: Path, *extra: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """``oralfed federate`` of the clinic files in ``data``: 2 rounds, target ε 2, seed 3."""
+    return oralfed(
+        "federate",
+        "--data",
+        data,
+        "--state-dir",
+        state,
+        "--out",
+        out,
+        "--rounds",
+        "2",
+        "--local-epochs",
+        "1",
+        "--target-epsilon",
+        "2",
+        "--seed",
+        "3",
+        *extra,
+        check=check,
+    )
+
+
+@pytest.fixture(scope="session")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A simulated federation of 3 synthetic clinics, run once for the session: its data, the
+    clinics' state and ``run1`` (with baselines); later tests add runs to it."""
+    root = tmp_path_factory.mktemp("federation")
+    oralfed("data", "synth", "--out", root / "data", "--clinics", "3", "--seed", "11")
+    federate(root / "data", root / "state", root / "run1", "--baselines")
+    report = json.loads((root / "run1" / "report.json").read_text())
+    return {"root": root, "report": report}

@@ -72,11 +72,14 @@ def _accepts(port: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def dashboards(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboards]:
+def dashboards(
+    federation: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Dashboards]:
+    """Dashboards over the session's simulated federation (``tests/e2e/conftest.py``): the
+    clinic mode over clinic-01's state, the coordinator mode over its run folders."""
     root = tmp_path_factory.mktemp("dashboard")
-    run = root / "runs" / "run-1"
-    oralfed("federate", "--clinics", "3", "--rounds", "2", "--seed", "5", "--out", run)
-    clinic_state = run / "state" / "clinic-01"
+    run = federation["root"] / "run1"
+    clinic_state = federation["root"] / "state" / "clinic-01"
     officer = oralfed(
         "dashboard", "token", "create", "--state-dir", clinic_state, "--name", "officer"
     )
@@ -99,7 +102,7 @@ def dashboards(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboards]
     try:
         found.clinic_url = found.serve("--state-dir", clinic_state)
         found.coordinator_url = found.serve(
-            "--runs", root / "runs", "--coordinator-db", coordinator_db, "--allow-queries",
+            "--runs", federation["root"], "--coordinator-db", coordinator_db, "--allow-queries",
             "--clinics", "3", "--out", root / "query-clinics",
         )  # fmt: skip
         yield found
@@ -170,7 +173,7 @@ def test_the_officer_reads_the_budget_table_and_chart_against_the_ledger(
     )
     policy = browser.find_element(By.ID, "policy-table").text
     assert "max_epsilon_per_run" in policy
-    header, *rows = (dashboards.run / "data" / "clinic-01.csv").read_text().splitlines()
+    header, *rows = (dashboards.run.parent / "data" / "clinic-01.csv").read_text().splitlines()
     imported = cells(browser, "#import-table tbody tr")
     assert imported[1] == "clinic-01" and imported[3] == str(len(rows))  # counts only
     screenshot(browser, "clinic")
@@ -201,10 +204,10 @@ def test_a_researcher_asks_a_query_and_sees_its_cost_deducted(
     dashboards: Dashboards, browser: Any
 ) -> None:
     log_in(browser, dashboards.coordinator_url, dashboards.researcher_token)
-    run = cells(browser, 'tr[data-run="run-1"]')
+    run = cells(browser, 'tr[data-run="run1"]')
     assert run[1] == "completed" and run[3] == "2" and run[6] == "verifies"
     screenshot(browser, "coordinator")
-    browser.find_element(By.LINK_TEXT, "run-1").click()
+    browser.find_element(By.LINK_TEXT, "run1").click()
     assert browser.find_element(By.ID, "run-status").text == "completed"
     auc = browser.find_element(By.ID, "auc-chart")
     assert int(auc.get_property("naturalWidth")) > 0
@@ -237,14 +240,14 @@ def test_a_researcher_asks_a_query_and_sees_its_cost_deducted(
 
 
 def test_without_a_token_nothing_is_shown(dashboards: Dashboards, browser: Any) -> None:
-    browser.get(dashboards.coordinator_url + "/runs/run-1")
+    browser.get(dashboards.coordinator_url + "/runs/run1")
     assert browser.current_url.endswith("/login")
     browser.find_element(By.ID, "token").send_keys("ofi_0123456789abcdef.wrong")
     browser.find_element(By.ID, "login-submit").click()
     assert "unknown or wrong token" in browser.find_element(By.ID, "login-problem").text
     screenshot(browser, "login-refused")
     with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(dashboards.coordinator_url + "/charts/auc/run-1.svg", timeout=30)
+        urllib.request.urlopen(dashboards.coordinator_url + "/charts/auc/run1.svg", timeout=30)
     assert refused.value.code == 401
     with urllib.request.urlopen(dashboards.coordinator_url + "/query", timeout=30) as page:
         assert page.url.endswith("/login")  # redirected: nothing of the form is served

@@ -2,7 +2,8 @@
 
 Two federations share the clinics' state, as two runs on the same patients would: the
 second must be charged on top of the first, and a clinic whose budget is nearly spent must
-refuse while the others carry on.
+refuse while the others carry on. The first is the session's simulated federation
+(``tests/e2e/conftest.py``), which the dashboard's browser tests also look at.
 """
 
 from __future__ import annotations
@@ -20,33 +21,9 @@ from oralfed.deploy.simulated_run import NON_PRIVATE_BASELINES_FILE
 from oralfed.privacy.events import DiscreteLaplaceEvent, DpSgdEvent
 from oralfed.privacy.ledger import PrivacyLedger
 from oralfed.schemas.errors import ExitCode
-from tests.e2e.conftest import ORALFED, oralfed
+from tests.e2e.conftest import ORALFED, federate, oralfed
 
 pytestmark = pytest.mark.e2e
-
-
-def federate(
-    data: Path, state: Path, out: Path, *extra: str, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    return oralfed(
-        "federate",
-        "--data",
-        data,
-        "--state-dir",
-        state,
-        "--out",
-        out,
-        "--rounds",
-        "2",
-        "--local-epochs",
-        "1",
-        "--target-epsilon",
-        "2",
-        "--seed",
-        "3",
-        *extra,
-        check=check,
-    )
 
 
 def ray_processes() -> list[str]:
@@ -58,15 +35,6 @@ def ray_processes() -> list[str]:
         for line in listing.splitlines()
         if not line.lstrip().startswith("Z") and ("raylet" in line or "gcs_server" in line)
     ]
-
-
-@pytest.fixture(scope="module")
-def federation(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("federation")
-    oralfed("data", "synth", "--out", root / "data", "--clinics", "3", "--seed", "11")
-    federate(root / "data", root / "state", root / "run1", "--baselines")
-    report = json.loads((root / "run1" / "report.json").read_text())
-    return {"root": root, "report": report}
 
 
 def test_report_has_dp_evaluation_privacy_and_keeps_baselines_apart(
