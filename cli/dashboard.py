@@ -47,10 +47,19 @@ def serve(
     ] = None,
     runs: Annotated[
         Path | None,
-        typer.Option(help="Coordinator mode: a run folder, or a folder of run folders."),
+        typer.Option(
+            help="Coordinator mode: a run folder, or a folder of run folders "
+            "(default runs/, where federate and federation launch put them)."
+        ),
     ] = None,
     federation_dir: Annotated[
-        Path | None, typer.Option(help="Coordinator mode: the federation folder (its clinics).")
+        Path | None,
+        typer.Option(
+            "--federation-dir",
+            "-f",
+            envvar="ORALFED_FEDERATION_DIR",
+            help="Coordinator mode: the federation folder (its clinics and node keys).",
+        ),
     ] = None,
     coordinator_db: CoordinatorDbOption = None,
     allow_queries: Annotated[
@@ -75,14 +84,13 @@ def serve(
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8090,
 ) -> None:
     """Serve the dashboard of a clinic (--state-dir) or of the coordinator (--runs)."""
-    if (state_dir is None) == (runs is None):
-        raise RunFolderError("give exactly one of --state-dir (clinic) and --runs (coordinator)")
+    if state_dir is not None and runs is not None:
+        raise RunFolderError("give one of --state-dir (clinic) and --runs (coordinator)")
     if state_dir is not None:
         dashboard = clinic_dashboard(state_dir, console.print)
     else:
-        assert runs is not None
         dashboard = coordinator_dashboard(
-            runs,
+            runs or Path("runs"),
             federation_dir=federation_dir,
             coordinator_db=coordinator_db,
             allow_queries=allow_queries,

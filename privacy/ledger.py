@@ -50,7 +50,7 @@ from types import TracebackType
 from typing import Any, ClassVar, Final, Self, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url, select
+from sqlalchemy import URL, Connection, Engine, Row, create_engine, event, make_url, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -838,9 +838,12 @@ def _unknown(session: Session, dataset_id: str) -> UnknownDataset:
     )
 
 
-def _history_rows(session: Session, dataset_id: str) -> Sequence[LedgerCharge]:
-    return session.scalars(
-        select(LedgerCharge).where(LedgerCharge.dataset_id == dataset_id).order_by(LedgerCharge.id)
+def _history_rows(session: Session, dataset_id: str) -> Sequence[Row[Any]]:
+    """The data set's charge rows, oldest first, as plain rows (not ORM objects, which cost
+    more to build than the rest of a report of a long history)."""
+    charges = LedgerCharge.__table__
+    return session.execute(
+        select(charges).where(charges.c.dataset_id == dataset_id).order_by(charges.c.id)
     ).all()
 
 
@@ -871,7 +874,7 @@ def _last_receipt(session: Session, dataset_id: str) -> float:
     return 0.0 if receipt is None else float(receipt)
 
 
-def _event_of(row: LedgerCharge) -> PrivacyEvent:
+def _event_of(row: LedgerCharge | Row[Any]) -> PrivacyEvent:
     """The stored mechanism as an event, re-validated so a corrupted row cannot pass silently."""
     return _event_from_columns(row.id, tuple(getattr(row, name) for name in CHARGE_EVENT_COLUMNS))
 
@@ -894,7 +897,7 @@ def _validated_event(values: tuple[Any, ...]) -> PrivacyEvent:
     return charged_event(dict(zip(CHARGE_EVENT_COLUMNS, values, strict=True)))
 
 
-def _charge_record(row: LedgerCharge) -> ChargeRecord:
+def _charge_record(row: LedgerCharge | Row[Any]) -> ChargeRecord:
     return ChargeRecord(
         id=row.id,
         dataset_id=row.dataset_id,

@@ -50,6 +50,7 @@ from oralfed.deploy.dashboard.sessions import (
     LOGIN_COOKIE,
     SESSION_COOKIE,
     SESSION_SECONDS,
+    LoginThrottle,
     SessionSigner,
 )
 from oralfed.deploy.dashboard.snapshots import FileSnapshots, database_files
@@ -134,6 +135,7 @@ def create_dashboard(site: ClinicSite | CoordinatorSite) -> FastAPI:
     """The dashboard application for ``site``."""
     app = FastAPI(title=site.title, docs_url=None, redoc_url=None, openapi_url=None)
     signer = SessionSigner.fresh()
+    throttle = LoginThrottle()
     templates = Environment(
         loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"])
     )
@@ -235,12 +237,16 @@ def create_dashboard(site: ClinicSite | CoordinatorSite) -> FastAPI:
     async def login(request: Request) -> Response:
         request.state.holder = None  # a login form is bound to its nonce, not to a session
         fields = await form(request)
+        address = request.client.host if request.client else "-"
+        if (wait := throttle.wait(address)) > 0:
+            raise _Refused(429, f"too many failed logins from {address}: try again in {wait:.0f} s")
         try:
             holder = await run_in_threadpool(check, _one(fields, "token") or "")
             problem = "unknown or wrong token"
         except OralFedError as error:  # the token store itself cannot be read: say so
             holder, problem = None, str(error)
         if holder is None:
+            throttle.failed(address)
             return page(
                 request, "login.html", 401, login_csrf=_one(fields, "csrf"), problem=problem
             )

@@ -12,10 +12,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 
-__all__ = ["LOGIN_COOKIE", "SESSION_COOKIE", "SESSION_SECONDS", "SessionSigner"]
+__all__ = ["LOGIN_COOKIE", "SESSION_COOKIE", "SESSION_SECONDS", "LoginThrottle", "SessionSigner"]
 
 SESSION_COOKIE = "oralfed_session"
 LOGIN_COOKIE = "oralfed_login"
@@ -58,6 +60,38 @@ class SessionSigner:
 
     def _sign(self, purpose: str, text: str) -> str:
         return hmac.new(self.key, f"{purpose}\n{text}".encode(), hashlib.sha256).hexdigest()
+
+
+class LoginThrottle:
+    """Refuses logins from an address that failed ``limit`` times in the last ``window``
+    seconds: a token's secret has 256 bits, but every guess costs an scrypt hash of the
+    server's time, so guessing is slowed down for the guesser and not for everyone else."""
+
+    def __init__(self, limit: int = 10, window: float = 300.0) -> None:
+        self.limit, self.window = limit, window
+        self._failures: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def wait(self, address: str, now: float | None = None) -> float:
+        """Seconds until ``address`` may try again (0: it may now)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            failures = self._failures.get(address)
+            if failures is None:
+                return 0.0
+            while failures and failures[0] <= now - self.window:
+                failures.popleft()
+            if len(failures) < self.limit:
+                return 0.0
+            return failures[0] + self.window - now
+
+    def failed(self, address: str, now: float | None = None) -> None:
+        with self._lock:
+            if len(self._failures) > 10_000:  # bounded whatever the number of addresses
+                self._failures.clear()
+            self._failures.setdefault(address, deque()).append(
+                time.monotonic() if now is None else now
+            )
 
 
 def _same(given: str, expected: str) -> bool:

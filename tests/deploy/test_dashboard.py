@@ -23,6 +23,7 @@ from oralfed.deploy.dashboard import (
     create_dashboard,
 )
 from oralfed.deploy.dashboard.app import SECURITY_HEADERS
+from oralfed.deploy.dashboard.sessions import LoginThrottle
 from oralfed.deploy.dashboard.tokens import DASHBOARD_TOKENS_FILE, DashboardTokenError
 from oralfed.deploy.local_clinics import answer_in_process
 from oralfed.deploy.provisioning import add_clinic, init_federation
@@ -324,3 +325,22 @@ def test_no_form_however_hostile_gets_a_server_error(asking, fields, raw, keep_c
         assert response.status_code < 500, (path, data, response.text[:300])
         raw_response = client.post(path, content=raw, headers=FORM, follow_redirects=False)
         assert raw_response.status_code < 500 and "Traceback" not in raw_response.text
+
+
+def test_guessing_tokens_is_throttled(clinic: tuple[Path, str]) -> None:
+    state_dir, token = clinic
+    client = TestClient(create_dashboard(ClinicSite(state_dir)))
+    csrf = csrf_of(client.get("/login").text)
+    for _ in range(10):
+        guess = client.post("/login", data={"csrf": csrf, "token": "ofd_0123456789abcdef.guess"})
+        assert guess.status_code == 401
+    refused = client.post("/login", data={"csrf": csrf, "token": token})
+    assert refused.status_code == 429 and "too many failed logins" in refused.text
+
+
+def test_the_throttle_forgets_old_failures() -> None:
+    throttle = LoginThrottle(limit=2, window=60)
+    throttle.failed("a", now=0)
+    throttle.failed("a", now=10)
+    assert throttle.wait("a", now=20) == pytest.approx(40) and throttle.wait("b", now=20) == 0
+    assert throttle.wait("a", now=61) == 0
