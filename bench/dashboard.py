@@ -139,7 +139,11 @@ def main() -> None:
         rows.append((f"clinic: ε chart of {CHARGES:,} charges", *page_times(client, chart)))
         with PrivacyLedger.in_state_dir(clinic) as ledger:
             ledger.charge("dataset-00", EVENT, run_id="one-more", round=1)
-        rows.append(("clinic: overview after one more charge", *page_times(client, "/")))
+        changed = time.perf_counter()
+        rows.append(("clinic: overview just after one more charge", *page_times(client, "/")))
+        while 'id="pending"' in client.get("/").text:
+            time.sleep(0.05)
+        rebuilt = time.perf_counter() - changed
 
         store = CoordinatorStore.sqlite_file(root / "coordinator.db")
         token = create_token(store, "researcher", 1.0)
@@ -166,10 +170,14 @@ each charged through the ledger with its signed audit entry) and {RUNS} run fold
 |---|---|---|
 {table}
 
-The first request verifies the whole signed log (every entry's hash and signature, and the
-ledger's rows against it), recomputes each data set's ε from its history and builds the
-view; later requests reuse the view as long as the databases' files are unchanged, and a
-new charge (a changed file) rebuilds it. The charges table shows 100 rows a page.
+The first request of a process builds the view: it verifies the whole signed log (every
+entry's hash and signature, and the ledger's rows against it), recomputes each data set's
+ε from its history and reads every charge. Later requests reuse the view as long as the
+databases' files are unchanged. After a new charge, pages are served at once from the
+last verified view, marked as pending, while the view is rebuilt in the background (the
+served dashboard's watcher starts that within a second of the change, without a request):
+here the new charge was verified and shown {rebuilt:.1f} s after it was written (signatures
+verified before are not verified again). The charges table shows 100 rows a page.
 """
     print(body)
     if args.write_doc:

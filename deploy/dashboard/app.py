@@ -21,12 +21,15 @@ logged with who made it. Views are rebuilt only when the files they read change
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
 import secrets
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -53,7 +56,7 @@ from oralfed.deploy.dashboard.sessions import (
     LoginThrottle,
     SessionSigner,
 )
-from oralfed.deploy.dashboard.snapshots import FileSnapshots, database_files
+from oralfed.deploy.dashboard.snapshots import FileSnapshots, Snapshot, database_files
 from oralfed.deploy.dashboard.tokens import (
     Holder,
     TokenCheck,
@@ -83,6 +86,7 @@ __all__ = ["ClinicSite", "CoordinatorSite", "create_dashboard", "log"]
 
 log = logging.getLogger("oralfed.dashboard")
 CHARGES_PER_PAGE = 100
+WATCH_SECONDS = 1.0
 TEMPLATES = Path(__file__).with_name("templates")
 STATIC = Path(__file__).with_name("static")
 SECURITY_HEADERS = {
@@ -133,7 +137,31 @@ class _Refused(Exception):
 
 def create_dashboard(site: ClinicSite | CoordinatorSite) -> FastAPI:
     """The dashboard application for ``site``."""
-    app = FastAPI(title=site.title, docs_url=None, redoc_url=None, openapi_url=None)
+    watching = threading.Event()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        """While serving, a watcher asks for the views every second, so a change is verified
+        in the background before anyone looks (and the first page finds its view built)."""
+        watcher = threading.Thread(target=watch, daemon=True, name="dashboard watcher")
+        watcher.start()
+        try:
+            yield
+        finally:
+            watching.set()
+            watcher.join(timeout=5)
+
+    def watch() -> None:
+        while not watching.is_set():
+            try:
+                refresh()
+            except Exception:  # a view that cannot be built now: logged, tried again
+                log.exception("the dashboard's watcher could not refresh its views")
+            watching.wait(WATCH_SECONDS)
+
+    app = FastAPI(
+        title=site.title, docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
+    )
     signer = SessionSigner.fresh()
     throttle = LoginThrottle()
     templates = Environment(
@@ -141,12 +169,14 @@ def create_dashboard(site: ClinicSite | CoordinatorSite) -> FastAPI:
     )
     templates.filters["eps"] = _format_epsilon
     templates.filters["mechanism"] = mechanism_name
+    templates.filters["clock"] = _clock
     check: TokenCheck = (
         clinic_token_check(site.state_dir)
         if isinstance(site, ClinicSite)
         else coordinator_token_check(site.store)
     )
     views: FileSnapshots[Any] = FileSnapshots()
+    refresh: Callable[[], object]
     charts: FileSnapshots[bytes] = FileSnapshots()
 
     def holder_of(request: Request) -> Holder | None:
@@ -276,16 +306,22 @@ def create_dashboard(site: ClinicSite | CoordinatorSite) -> FastAPI:
             site.state_dir / PUBLIC_KEY_FILE,  # what the log is verified with
         )
 
-        def current_clinic() -> ClinicView | str:
+        def build_clinic() -> ClinicView | str:
             try:
-                return views.get("clinic", ledger_files, lambda: clinic_view(site.state_dir))
-            except OralFedError as error:
+                return clinic_view(site.state_dir)
+            except OralFedError as error:  # shown as the page's problem, never raised
                 return str(error)
+
+        def current_clinic() -> Snapshot[ClinicView | str]:
+            return views.latest("clinic", ledger_files, build_clinic)
+
+        refresh = current_clinic
 
         @app.get("/", response_class=HTMLResponse)
         async def clinic_page(request: Request, page_number: int = 1) -> HTMLResponse:
             require(request)
-            view = await run_in_threadpool(current_clinic)
+            snapshot = await run_in_threadpool(current_clinic)
+            view = snapshot.view
             if isinstance(view, str):
                 return page(request, "error.html", message=view)
             newest_first = list(reversed(view.charges))
@@ -296,6 +332,7 @@ def create_dashboard(site: ClinicSite | CoordinatorSite) -> FastAPI:
                 request,
                 "clinic.html",
                 view=view,
+                snapshots=[snapshot],
                 charges=newest_first[start : start + CHARGES_PER_PAGE],
                 page_number=number,
                 pages=pages,
@@ -304,7 +341,8 @@ def create_dashboard(site: ClinicSite | CoordinatorSite) -> FastAPI:
         @app.get("/charts/budget/{dataset_id}.svg")
         async def budget_svg(request: Request, dataset_id: str) -> Response:
             require(request)
-            view = await run_in_threadpool(current_clinic)
+            snapshot = await run_in_threadpool(current_clinic)
+            view = snapshot.view
             if isinstance(view, str):
                 raise _Refused(404, view)
             report = next((r for r in view.budgets.reports if r.dataset_id == dataset_id), None)
@@ -312,8 +350,8 @@ def create_dashboard(site: ClinicSite | CoordinatorSite) -> FastAPI:
                 raise _Refused(404, f"no data set {dataset_id!r} in this ledger")
             svg = await run_in_threadpool(
                 charts.get,
-                f"budget/{dataset_id}",
-                ledger_files,
+                f"budget/{dataset_id}@{snapshot.built_at}",  # the chart of the page's view
+                (),
                 lambda: budget_chart(report, view.charges_of(dataset_id)),
             )
             return Response(svg, media_type="image/svg+xml")
@@ -321,9 +359,9 @@ def create_dashboard(site: ClinicSite | CoordinatorSite) -> FastAPI:
     else:
         coordinator = site
 
-        def runs() -> list[RunView]:
+        def run_snapshots() -> list[Snapshot[RunView]]:
             return [
-                views.get(
+                views.latest(
                     f"run/{folder}",
                     (*database_files(folder / COORDINATOR_DATABASE), folder / PUBLIC_KEY_FILE),
                     functools.partial(run_view, folder),
@@ -331,10 +369,12 @@ def create_dashboard(site: ClinicSite | CoordinatorSite) -> FastAPI:
                 for folder in run_folders(coordinator.runs)
             ]
 
-        def find_run(name: str) -> RunView:
-            for run in runs():
-                if run.name == name:
-                    return run
+        refresh = run_snapshots
+
+        def find_run(name: str) -> Snapshot[RunView]:
+            for snapshot in run_snapshots():
+                if snapshot.view.name == name:
+                    return snapshot
             raise _Refused(404, f"no run folder {name!r} under {coordinator.runs}")
 
         def clinics(all_runs: list[RunView]) -> list[ClinicStatus] | str | None:
@@ -348,7 +388,8 @@ def create_dashboard(site: ClinicSite | CoordinatorSite) -> FastAPI:
         @app.get("/", response_class=HTMLResponse)
         async def coordinator_page(request: Request) -> HTMLResponse:
             require(request)
-            all_runs = await run_in_threadpool(runs)
+            snapshots = await run_in_threadpool(run_snapshots)
+            all_runs = [snapshot.view for snapshot in snapshots]
             answered = await run_in_threadpool(query_records, coordinator.store)
             reported: dict[str, tuple[RunView, Any]] = {}
             for run in sorted(all_runs, key=lambda r: r.age):
@@ -357,6 +398,7 @@ def create_dashboard(site: ClinicSite | CoordinatorSite) -> FastAPI:
             return page(
                 request,
                 "coordinator.html",
+                snapshots=snapshots,
                 runs=sorted(all_runs, key=lambda r: r.age, reverse=True),
                 clinics=await run_in_threadpool(clinics, all_runs),
                 reported=sorted(reported.items()),
@@ -367,18 +409,18 @@ def create_dashboard(site: ClinicSite | CoordinatorSite) -> FastAPI:
         @app.get("/runs/{name}", response_class=HTMLResponse)
         async def run_page(request: Request, name: str) -> HTMLResponse:
             require(request)
-            run = await run_in_threadpool(find_run, name)
-            return page(request, "run.html", run=run)
+            snapshot = await run_in_threadpool(find_run, name)
+            return page(request, "run.html", run=snapshot.view, snapshots=[snapshot])
 
         @app.get("/charts/auc/{name}.svg")
         async def auc_svg(request: Request, name: str) -> Response:
             require(request)
-            run = await run_in_threadpool(find_run, name)
+            snapshot = await run_in_threadpool(find_run, name)
             svg = await run_in_threadpool(
                 charts.get,
-                f"auc/{run.folder}",
-                database_files(run.folder / COORDINATOR_DATABASE),
-                lambda: auc_chart(run.rounds),
+                f"auc/{snapshot.view.folder}@{snapshot.built_at}",  # the chart of the page's view
+                (),
+                lambda: auc_chart(snapshot.view.rounds),
             )
             return Response(svg, media_type="image/svg+xml")
 
@@ -504,6 +546,10 @@ def _one(fields: dict[str, list[str]], name: str) -> str | None:
 
 def _is_chart(request: Request) -> bool:
     return request.url.path.startswith("/charts/")
+
+
+def _clock(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _format_epsilon(value: object) -> str:

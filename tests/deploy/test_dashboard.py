@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 import shutil
 import sqlite3
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlencode
@@ -24,6 +26,7 @@ from oralfed.deploy.dashboard import (
 )
 from oralfed.deploy.dashboard.app import SECURITY_HEADERS
 from oralfed.deploy.dashboard.sessions import LoginThrottle
+from oralfed.deploy.dashboard.snapshots import FileSnapshots
 from oralfed.deploy.dashboard.tokens import DASHBOARD_TOKENS_FILE, DashboardTokenError
 from oralfed.deploy.local_clinics import answer_in_process
 from oralfed.deploy.provisioning import add_clinic, init_federation
@@ -344,3 +347,43 @@ def test_the_throttle_forgets_old_failures() -> None:
     throttle.failed("a", now=10)
     assert throttle.wait("a", now=20) == pytest.approx(40) and throttle.wait("b", now=20) == 0
     assert throttle.wait("a", now=61) == 0
+
+
+def test_a_changed_file_is_shown_pending_until_its_view_is_rebuilt(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    source.write_text("1")
+    views: FileSnapshots[str] = FileSnapshots()
+    release = threading.Event()
+
+    def build() -> str:
+        text = source.read_text()
+        if text != "1":
+            release.wait(10)  # a slow rebuild, as verifying a long log is
+        return text
+
+    first = views.latest("k", [source], build)
+    assert (first.view, first.pending) == ("1", False)
+    source.write_text("22")
+    stale = views.latest("k", [source], build)
+    assert (stale.view, stale.pending, stale.built_at) == ("1", True, first.built_at)
+    release.set()
+    deadline = time.monotonic() + 10
+    while (now := views.latest("k", [source], build)).pending:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert now.view == "22"
+
+
+def test_the_watcher_verifies_a_new_charge_before_anyone_asks(clinic, tmp_path: Path) -> None:
+    state_dir, token = clinic
+    copy = tmp_path / "copy"
+    shutil.copytree(state_dir, copy)
+    with TestClient(create_dashboard(ClinicSite(copy))) as client:  # the watcher runs
+        logged_in(client, token)
+        assert "2 charges, newest first" in client.get("/").text
+        with PrivacyLedger.in_state_dir(copy) as ledger:
+            ledger.charge("clinic-01", ROUND, run_id="run-c", round=1)
+        time.sleep(8)  # no request meanwhile: only the watcher can have rebuilt the view
+        page = client.get("/").text
+        assert "3 charges, newest first" in page
+        assert 'id="pending"' not in page and "run-c" in page
