@@ -28,7 +28,7 @@ import math
 import secrets
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -124,7 +124,7 @@ class CoordinatorSite:
     queries: CappedQueries | None = None
     insights_api: FastAPI | None = None
     max_cells: int | None = None
-    title: str = field(default="Federation dashboard")
+    title: str = "Federation dashboard"
 
 
 class _Refused(Exception):

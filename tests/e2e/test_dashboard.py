@@ -2,7 +2,7 @@
 in a real headless browser (Debian's chromium through its chromedriver, with Selenium).
 
 The privacy officer logs in and reads the clinic's budget table and chart against the
-ledger's own figures; an edited ledger is shown failing; a researcher asks a query and sees
+ledger's own figures; a tampered audit log is shown failing; a researcher asks a query and sees
 its answer, its intervals and its cost deducted from the token; a visitor without a token
 sees nothing. A screenshot of each page is kept in ``build/test-artifacts/dashboard``.
 """
@@ -184,19 +184,19 @@ def test_the_officer_reads_the_budget_table_and_chart_against_the_ledger(
     assert references and not [ref for ref in references if ref in page]
 
 
-def test_an_edited_ledger_is_shown_failing(dashboards: Dashboards, browser: Any) -> None:
-    copy = dashboards.root / "edited-clinic-01"
+def test_a_tampered_audit_log_is_shown_failing(dashboards: Dashboards, browser: Any) -> None:
+    copy = dashboards.root / "tampered-clinic-01"
     shutil.copytree(dashboards.clinic_state, copy)
-    with sqlite3.connect(copy / "ledger.db") as connection:  # an insider frees budget
+    with sqlite3.connect(copy / "ledger.db") as connection:  # an insider rewrites history
         connection.execute(
-            "DELETE FROM ledger_charges WHERE id = (SELECT max(id) FROM ledger_charges)"
+            "UPDATE audit_log SET recorded_at = '2020-01-01T00:00:00+00:00' WHERE seq = 2"
         )
     url = dashboards.serve("--state-dir", copy)
     log_in(browser, url, dashboards.officer_token)
     status = browser.find_element(By.ID, "audit-status").text
     assert status.startswith("FAILS verification")
     failures = browser.find_element(By.ID, "audit-failures").text
-    assert failures
+    assert "changed" in failures and "its content no longer matches its hash" in failures
     screenshot(browser, "clinic-edited")
 
 
