@@ -25,6 +25,7 @@ def test_a_clinic_token_is_shown_once_and_stored_hashed(capsys, tmp_path: Path) 
     stored = json.loads((tmp_path / DASHBOARD_TOKENS_FILE).read_text())
     assert [entry["name"] for entry in stored.values()] == ["officer"]
     assert token.partition(".")[2] not in (tmp_path / DASHBOARD_TOKENS_FILE).read_text()
+    assert (tmp_path / DASHBOARD_TOKENS_FILE).stat().st_mode & 0o777 == 0o600
     code, _, err = run_cli(
         capsys, "dashboard", "token", "create", "--state-dir", tmp_path, "--name", "officer"
     )

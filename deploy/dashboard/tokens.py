@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import os
 import re
 import secrets
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from oralfed.schemas.errors import ExitCode, OralFedError
+from oralfed.schemas.files import write_text_atomically
 from oralfed.server.coordinator_db import CoordinatorStore
 from oralfed.server.insights_api import authenticate, hash_secret
 
@@ -69,11 +69,8 @@ def create_clinic_token(state_dir: Path, name: str) -> str:
         raise DashboardTokenError(f"{state_dir / DASHBOARD_TOKENS_FILE}: {name!r} has a token")
     token_id, secret, salt = secrets.token_hex(8), secrets.token_urlsafe(32), secrets.token_hex(16)
     tokens[token_id] = {"name": name, "salt": salt, "secret_hash": hash_secret(secret, salt)}
-    path = state_dir / DASHBOARD_TOKENS_FILE
-    staged = path.with_suffix(".tmp")
-    staged.write_text(json.dumps(tokens, indent=2, sort_keys=True), encoding="utf-8")
-    os.chmod(staged, 0o600)
-    staged.replace(path)
+    text = json.dumps(tokens, indent=2, sort_keys=True)
+    write_text_atomically(state_dir / DASHBOARD_TOKENS_FILE, text, mode=0o600)
     return f"{CLINIC_TOKEN_PREFIX}_{token_id}.{secret}"
 
 
