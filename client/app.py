@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from flwr.app import ArrayRecord, Context, Message, MetricRecord
+from flwr.app import Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
 
 from oralfed.client.budget import audit_import, open_budget, record_policy, run_epsilon
@@ -39,6 +39,7 @@ from oralfed.privacy.ledger import Budget, ChargeRecord, PrivacyLedger
 from oralfed.schemas import protocol
 from oralfed.schemas.clinic_policy import PolicyRefusal
 from oralfed.schemas.model import RiskModel, build_model
+from oralfed.schemas.model_record import load_model_record, model_record
 from oralfed.schemas.node_config import ClinicNode
 
 Handler = Callable[[Message, ClinicNode], Message]
@@ -124,7 +125,7 @@ def handle_train(msg: Message, node: ClinicNode) -> Message:
                     protocol.DP_STEPS: plan.steps,
                 }
             )
-            return Release(charged.id, metrics, ArrayRecord(model.state_dict()), size.source)
+            return Release(charged.id, metrics, model_record(model), size.source)
 
         return train
 
@@ -191,15 +192,16 @@ def _release_once(
 def _model_sent(msg: Message, hidden_sizes: tuple[int, ...]) -> RiskModel:
     """The coordinator's model from the request, read before anything is charged, so that
     arrays that do not fit the requested architecture are refused at no cost."""
-    model = build_model(hidden_sizes)
+    record = msg.content.array_records.get(protocol.REPLY_ARRAYS)
+    if record is None:
+        raise RequestError(f"no {protocol.REPLY_ARRAYS!r} record (the model); nothing was charged")
     try:
-        model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
-    except (KeyError, RuntimeError, ValueError, TypeError):
+        return load_model_record(build_model(hidden_sizes), record)
+    except ValueError as error:
         raise RequestError(
-            f"the model sent does not fit hidden-sizes {list(hidden_sizes)} (its arrays "
-            "differ in names or shapes); nothing was charged"
+            f"the model sent does not fit hidden-sizes {list(hidden_sizes)}: {error}; nothing "
+            "was charged"
         ) from None
-    return model
 
 
 def _charge_once(

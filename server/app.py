@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from oralfed.privacy.audit_log import ROUND_COMPLETED, RUN_FINISHED, RUN_STARTED, AuditLog
@@ -21,6 +21,7 @@ from oralfed.privacy.keys import load_or_create_signing_key
 from oralfed.schemas import protocol
 from oralfed.schemas.files import write_json_atomically
 from oralfed.schemas.model import RiskModel, build_model, save_model
+from oralfed.schemas.model_record import model_record
 from oralfed.schemas.settings import FederationSettings
 from oralfed.schemas.state import coordinator_state_dir
 from oralfed.server.checkpoint import (
@@ -97,7 +98,7 @@ def run_federation_rounds(
         secure_grid = SecureAggregationGrid(grid, settings)
         strategy.secure_rounds, grid = secure_grid.rounds, secure_grid
     if checkpoint is None:
-        start = ArrayRecord(build_model(settings.hidden_sizes, seed=settings.seed).state_dict())
+        start = model_record(build_model(settings.hidden_sizes, seed=settings.seed))
     else:
         start = checkpoint.model
         strategy.clinic_of_node.update(checkpoint.clinic_of_node)

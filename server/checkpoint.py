@@ -34,6 +34,7 @@ from flwr.app import ArrayRecord
 from oralfed.schemas.errors import ExitCode, OralFedError
 from oralfed.schemas.files import write_json_atomically
 from oralfed.schemas.model import ModelFormatError, RiskModel, build_model, load_model, save_model
+from oralfed.schemas.model_record import load_model_record, model_record
 from oralfed.schemas.settings import FederationSettings, SettingsError, setting_key
 from oralfed.server.history import FederationHistory
 
@@ -88,9 +89,7 @@ class Checkpoint:
 
 def model_of(arrays: ArrayRecord, settings: FederationSettings) -> RiskModel:
     """The risk model holding ``arrays``."""
-    model = build_model(settings.hidden_sizes)
-    model.load_state_dict(arrays.to_torch_state_dict())
-    return model
+    return load_model_record(build_model(settings.hidden_sizes), arrays)
 
 
 def write_checkpoint(
@@ -153,7 +152,7 @@ def read_checkpoint(run_dir: Path) -> Checkpoint:
             settings=dict(data["settings"]),
             history=list(data["history"]),
             clinic_of_node={int(node): str(c) for node, c in data["clinic_of_node"].items()},
-            model=ArrayRecord(model.state_dict()),
+            model=model_record(model),
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError, ModelFormatError) as error:
         raise CheckpointError(f"the checkpoint {path} cannot be used: {error}") from None

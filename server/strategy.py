@@ -24,6 +24,7 @@ from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, Kr
 from oralfed.schemas import protocol
 from oralfed.schemas.errors import ExitCode, OralFedError
 from oralfed.schemas.model import build_model, l2_norm, save_model
+from oralfed.schemas.model_record import load_model_record
 from oralfed.schemas.settings import AggregationName, FederationSettings, StrategyName
 from oralfed.server.history import ClinicResult, FederationHistory, Phase, RoundRecord
 from oralfed.server.identities import check_identities, rejected
@@ -240,8 +241,7 @@ class RecordingMixin:
 
     def _save_round_model(self, server_round: int, arrays: ArrayRecord) -> Path:
         assert self.settings.out_dir is not None
-        model = build_model(self.settings.hidden_sizes)
-        model.load_state_dict(arrays.to_torch_state_dict())
+        model = load_model_record(build_model(self.settings.hidden_sizes), arrays)
         path = self.settings.out_dir / "models" / f"round-{server_round:03d}.pt"
         save_model(model, path, self.settings.task, {"round": server_round})
         return path

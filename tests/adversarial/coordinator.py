@@ -19,6 +19,7 @@ from flwr.app import (
 from torch import nn
 
 from oralfed.schemas import protocol
+from oralfed.schemas.model_record import model_record
 from oralfed.schemas.settings import FederationSettings
 
 
@@ -46,7 +47,7 @@ def message(
     )
     content = RecordDict(
         {
-            "arrays": ArrayRecord(model.state_dict()),
+            protocol.REPLY_ARRAYS: model_record(model),
             "config": ConfigRecord({**config, protocol.CFG_ROUND: server_round}),
         }
     )

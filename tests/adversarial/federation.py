@@ -8,10 +8,11 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, Message
+from flwr.app import Message
 
 from oralfed.schemas import protocol
 from oralfed.schemas.model import build_model
+from oralfed.schemas.model_record import model_record
 from oralfed.schemas.settings import FederationSettings
 from oralfed.server.history import FederationHistory
 from oralfed.server.strategy import RecordingStrategy, make_strategy
@@ -24,7 +25,7 @@ HONEST_STEP = 0.02  # sd of an honest update per parameter: an update norm of ab
 
 def sent_model() -> ModelArrays:
     """The global model the coordinator sends in the round."""
-    return reference_arrays(ArrayRecord(build_model(HIDDEN, seed=7).state_dict()))
+    return reference_arrays(model_record(build_model(HIDDEN, seed=7)))
 
 
 def honest_models(

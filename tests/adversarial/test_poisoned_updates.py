@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from oralfed.schemas.model_record import PARAMETERS
 from oralfed.schemas.settings import AggregationName, FederationSettings, clinics_needed
 from oralfed.server.update_checks import ModelArrays, update_norm
 from tests.adversarial.federation import (
@@ -33,6 +34,7 @@ from tests.adversarial.federation import (
 )
 
 TRIM = 0.2
+SIZE = sent_model()[PARAMETERS].size  # the flat parameter vector's length
 Attack = Callable[[ModelArrays, list[ModelArrays], int], ModelArrays]
 
 
@@ -113,7 +115,7 @@ def test_a_robust_aggregation_tolerates_its_hostile_clinics(
 def corruptions(draw: st.DrawFn) -> tuple[str, Any, Any]:
     kind = draw(
         st.sampled_from(
-            ["scale", "non-finite", "shape", "transpose", "dtype", "drop", "extra", "weight"]
+            ["scale", "non-finite", "shape", "column", "dtype", "drop", "extra", "weight"]
         )
     )
     detail: Any = None
@@ -122,7 +124,7 @@ def corruptions(draw: st.DrawFn) -> tuple[str, Any, Any]:
     elif kind == "non-finite":
         detail = (draw(st.integers(0, 10_000)), draw(st.sampled_from([np.nan, np.inf, -np.inf])))
     elif kind == "shape":
-        detail = draw(st.sampled_from([(1, 23), (65, 23), (64,), (), (64, 23, 1), (0, 23)]))
+        detail = draw(st.sampled_from([(1, SIZE), (SIZE + 1,), (SIZE - 1,), (), (SIZE, 1), (0,)]))
     weight = draw(
         st.one_of(
             st.just(1_100.0),
@@ -134,7 +136,7 @@ def corruptions(draw: st.DrawFn) -> tuple[str, Any, Any]:
 
 
 def corrupt(kind: str, detail: Any, honest: ModelArrays, sent: ModelArrays) -> ModelArrays:
-    first = "layers.0.weight"
+    first = PARAMETERS
     bad = dict(honest)
     if kind == "scale":
         bad = {n: (sent[n] + (honest[n] - sent[n]) * detail).astype(np.float32) for n in sent}
@@ -146,8 +148,8 @@ def corrupt(kind: str, detail: Any, honest: ModelArrays, sent: ModelArrays) -> M
         bad[name] = array
     elif kind == "shape":
         bad[first] = np.zeros(detail, np.float32)
-    elif kind == "transpose":
-        bad[first] = np.ascontiguousarray(honest[first].T)
+    elif kind == "column":
+        bad[first] = honest[first].reshape(-1, 1)
     elif kind == "dtype":
         bad[first] = honest[first].astype(np.float16)
     elif kind == "drop":

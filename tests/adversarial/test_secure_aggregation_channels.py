@@ -20,6 +20,7 @@ from oralfed.privacy.events import DpSgdEvent
 from oralfed.privacy.ledger import PrivacyLedger
 from oralfed.schemas import protocol
 from oralfed.schemas.model import build_model
+from oralfed.schemas.model_record import model_record
 from oralfed.schemas.node_config import ClinicNode
 from oralfed.schemas.settings import FederationSettings
 from oralfed.schemas.synthetic import write_federation
@@ -67,7 +68,7 @@ def _round(
     federation = SecureFederation(nodes)
     model = build_model(SETTINGS.hidden_sizes, seed=3)
     requests = [message("train", model, train_config(SETTINGS), node_id=n) for n in nodes]
-    shapes = [tuple(p.shape) for p in model.state_dict().values()]
+    shapes = [array.numpy().shape for array in model_record(model).values()]
     parameters = SecAggParameters.for_round(
         len(nodes),
         SETTINGS.secagg_threshold,
@@ -104,7 +105,7 @@ def test_the_coordinator_receives_no_update_no_weight_and_only_classified_keys(
 
 def test_the_unmasked_mean_is_the_mean_of_the_clinics_bounded_updates(tmp_path: Path) -> None:
     result, _, _, released = _round(tmp_path, [10.0, 10.0, 10.0])
-    sent = build_model(SETTINGS.hidden_sizes, seed=3).state_dict()
+    sent = model_record(build_model(SETTINGS.hidden_sizes, seed=3))
     names = list(sent)
     updates, weights = [], []
     for reply in released.values():

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, Metadata, RecordDict
+from flwr.app import ConfigRecord, Message, MessageType, Metadata, RecordDict
 from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 from scipy import stats
@@ -30,6 +30,7 @@ from oralfed.privacy.ledger import PrivacyLedger
 from oralfed.schemas import protocol
 from oralfed.schemas.features import NUM_FEATURES
 from oralfed.schemas.model import build_model
+from oralfed.schemas.model_record import model_record
 from oralfed.schemas.node_config import ClinicNode
 from oralfed.schemas.settings import DpEngineName, FederationSettings, SettingsError
 from oralfed.schemas.synthetic import write_federation
@@ -462,7 +463,7 @@ def test_settings_send_the_engine_and_the_report_names_it() -> None:
 def train_message(settings: FederationSettings) -> Message:
     config = settings.train_config()
     config[protocol.CFG_ROUND] = 1
-    arrays = ArrayRecord(build_model(seed=1).state_dict())
+    arrays = model_record(build_model(seed=1))
     metadata = Metadata(
         run_id=1,
         message_id="m1",

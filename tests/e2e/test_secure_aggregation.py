@@ -19,6 +19,7 @@ from oralfed.privacy.events import GaussianEvent
 from oralfed.privacy.ledger import PrivacyLedger
 from oralfed.schemas import protocol
 from oralfed.schemas.model import build_model, load_model
+from oralfed.schemas.model_record import model_record
 from oralfed.schemas.settings import FederationSettings
 from tests.e2e.conftest import oralfed
 from tests.e2e.test_federation import federate
@@ -56,7 +57,7 @@ def assert_models_are_means_of_releases(
     bounded updates its clinics released, as each clinic's own release store holds them
     (under the OralFed run id the clinics charged), within the quantiser's rounding."""
     settings = FederationSettings.from_public_dict(report["settings"])
-    previous = build_model(settings.hidden_sizes, seed=settings.seed).state_dict()
+    previous = model_record(build_model(settings.hidden_sizes, seed=settings.seed))
     for summary in report["rounds"]:
         names = list(previous)
         updates, weights = [], []
@@ -73,7 +74,7 @@ def assert_models_are_means_of_releases(
             )
             weights.append(float(release.metrics[protocol.NUM_EXAMPLES]))
         model, _, _ = load_model(Path(summary["model_path"]))
-        current = model.state_dict()
+        current = model_record(model)
         for i, name in enumerate(names):
             mean = sum(w * u[i] for u, w in zip(updates, weights, strict=True)) / sum(weights)
             np.testing.assert_allclose(

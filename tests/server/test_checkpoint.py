@@ -11,6 +11,7 @@ from flwr.app import ArrayRecord
 
 from oralfed.client.evaluation import SCORE_BINS
 from oralfed.schemas.model import build_model
+from oralfed.schemas.model_record import model_record
 from oralfed.schemas.settings import FederationSettings, SettingsError
 from oralfed.server.checkpoint import (
     CHECKPOINT_DIR,
@@ -51,7 +52,7 @@ def history(rounds: int) -> FederationHistory:
 
 
 def model_arrays(seed: int) -> ArrayRecord:
-    return ArrayRecord(build_model(seed=seed).state_dict())
+    return model_record(build_model(seed=seed))
 
 
 def checkpoint_after(folder: Path, rounds: int, seed: int = 1) -> None:

@@ -23,6 +23,7 @@ import pytest
 from flwr.app import Message
 
 from oralfed.schemas import protocol
+from oralfed.schemas.model_record import PARAMETERS
 from oralfed.schemas.settings import FederationSettings
 from oralfed.server.report import build_run_report
 from oralfed.server.strategy import FederationHalted
@@ -41,7 +42,7 @@ from tests.adversarial.federation import clinic_reply as reply
 HONEST = {"c1": 1_000.0, "c2": 1_500.0, "c3": 800.0, "c4": 1_200.0}  # clinic: public size
 BAD_CLINIC, BAD_NODE, BAD_WEIGHT = "c5", 5, 1_100.0
 SETTINGS = FederationSettings(min_clinics=3, hidden_sizes=HIDDEN)
-FIRST, BIAS = "layers.0.weight", "layers.0.bias"
+SIZE = sent_model()[PARAMETERS].size  # the flat parameter vector's length
 
 
 def honest_replies(models: dict[str, ModelArrays]) -> list[Message]:
@@ -92,9 +93,9 @@ CASES: dict[str, tuple[Corruption, str, str]] = {
         "rejected",
         "non-finite",
     ),
-    "one NaN": (_set(FIRST, _one(float("nan"))), "rejected", "non-finite"),
-    "+Inf": (_set(BIAS, _one(float("inf"))), "rejected", "non-finite"),
-    "-Inf": (_set(FIRST, _one(float("-inf"))), "rejected", "non-finite"),
+    "one NaN": (_set(PARAMETERS, _one(float("nan"))), "rejected", "non-finite"),
+    "+Inf": (_set(PARAMETERS, _one(float("inf"))), "rejected", "non-finite"),
+    "-Inf": (_set(PARAMETERS, _one(float("-inf"))), "rejected", "non-finite"),
     "NaN num-examples": (_weight(float("nan")), "rejected", "num-examples"),
     "Inf num-examples": (_weight(float("inf")), "rejected", "num-examples"),
     "1e38 update": (
@@ -104,25 +105,33 @@ CASES: dict[str, tuple[Corruption, str, str]] = {
     ),
     "x100": (_scaled_update(100.0), "clipped", ""),
     "sign-flipped": (_scaled_update(-1.0), "accepted", ""),
-    "broadcastable (1, n) row": (_set(FIRST, lambda a: a[:1]), "rejected", "float32[1, 23]"),
-    "scalar bias": (_set(BIAS, lambda a: np.float32(40.0) * np.ones(())), "rejected", BIAS),
-    "num-examples 1e12": (_weight(1e12), "rejected", "max-clinic-weight"),
-    "extra row": (
-        _set(FIRST, lambda a: np.vstack([a, a[:1]]).astype(np.float32)),
+    "broadcastable (1, n) row": (
+        _set(PARAMETERS, lambda a: a[None, :]),
         "rejected",
-        "[65, 23]",
+        f"float32[1, {SIZE}]",
     ),
-    "transposed matrix": (_set(FIRST, lambda a: np.ascontiguousarray(a.T)), "rejected", "[23, 64]"),
-    "float64 arrays": (_set(FIRST, lambda a: a.astype(np.float64)), "rejected", "float64"),
+    "scalar": (
+        _set(PARAMETERS, lambda a: np.float32(40.0) * np.ones((), np.float32)),
+        "rejected",
+        "float32[]",
+    ),
+    "num-examples 1e12": (_weight(1e12), "rejected", "max-clinic-weight"),
+    "extra value": (
+        _set(PARAMETERS, lambda a: np.concatenate([a, a[:1]])),
+        "rejected",
+        f"[{SIZE + 1}]",
+    ),
+    "column vector": (_set(PARAMETERS, lambda a: a.reshape(-1, 1)), "rejected", f"[{SIZE}, 1]"),
+    "float64 arrays": (_set(PARAMETERS, lambda a: a.astype(np.float64)), "rejected", "float64"),
     "extra array": (
         lambda sent, honest: ({**honest, "backdoor": np.ones(3, np.float32)}, BAD_WEIGHT),
         "rejected",
         "backdoor",
     ),
     "missing array": (
-        lambda sent, honest: ({n: v for n, v in honest.items() if n != BIAS}, BAD_WEIGHT),
+        lambda sent, honest: ({n: v for n, v in honest.items() if n != PARAMETERS}, BAD_WEIGHT),
         "rejected",
-        BIAS,
+        PARAMETERS,
     ),
     "num-examples 0 (weights summing to 0)": (_weight(0), "rejected", "num-examples"),
     "negative num-examples (weights summing to 0)": (
