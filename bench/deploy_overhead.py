@@ -36,6 +36,7 @@ import socket
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -72,6 +73,7 @@ RUNTIMES = {"bare": NodeRuntime.FLOWER, "oralfed-before": NodeRuntime.FLOWER}
 PERSISTED_SUPERLINK = {"oralfed-before"}
 TASK_CPU = re.compile(r"ended with code 0 after [0-9.]+ s \(([0-9.]+) s of CPU\)")
 SECTION = "deploy"
+RECEIVING, SENDING = "Receiving: train message", "Sending: train message"
 BEFORE_SERVER = '''"""OralFed's ServerApp waiting on Flower's grid as it is (3 s between pulls)."""
 from oralfed.server.app import make_server_app
 
@@ -147,6 +149,7 @@ class ModeResult:
     round_seconds: list[float]
     clinic_work_seconds: float
     task_cpu_seconds: list[float]  # per message, from the warm runtime's log (empty otherwise)
+    gap_seconds: list[float]  # per round: last reply of the round before to last pickup
 
     @property
     def overhead(self) -> list[float]:
@@ -160,6 +163,7 @@ class ModeResult:
             "median_round_wall_s": round(statistics.median(self.round_seconds), 2),
             "slowest_clinic_work_s": round(self.clinic_work_seconds, 2),
             "median_overhead_s": round(statistics.median(self.overhead), 2),
+            "median_gap_s": round(statistics.median(self.gap_seconds), 2),
             "median_task_cpu_s": (
                 round(statistics.median(self.task_cpu_seconds), 2)
                 if self.task_cpu_seconds
@@ -244,6 +248,45 @@ class RoundClock:
         return [b - a for a, b in zip(self.marks, self.marks[1:], strict=False)]
 
 
+class SuperNodeClock:
+    """When each SuperNode logs that it receives a train message and that it sends its train
+    reply, read from the logs as they grow (every 20 ms, in a thread): one clock for both,
+    unlike the ServerApp's streamed round lines, which reach ``flwr run --stream`` late."""
+
+    def __init__(self, logs: list[Path]) -> None:
+        self.logs = logs
+        self.events: dict[str, list[float]] = {RECEIVING: [], SENDING: []}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> SuperNodeClock:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        seen = {(log, line): 0 for log in self.logs for line in self.events}
+        while not self._stop.wait(0.02):
+            for log in self.logs:
+                text = log.read_text(errors="replace") if log.exists() else ""
+                for line, times in self.events.items():
+                    count = text.count(line)
+                    times += [time.monotonic()] * (count - seen[log, line])
+                    seen[log, line] = count
+
+    def gaps(self) -> list[float]:
+        """Per round after the first: from the last train reply of the round before leaving
+        its SuperNode to the last SuperNode taking this round's train message. Every node
+        trains every round here, so the k-th ``len(logs)`` events of each kind are round k's."""
+        nodes = len(self.logs)
+        taken, sent = sorted(self.events[RECEIVING]), sorted(self.events[SENDING])
+        rounds = min(len(taken), len(sent)) // nodes
+        return [taken[(k + 1) * nodes - 1] - sent[k * nodes - 1] for k in range(1, rounds)]
+
+
 def clinic_work_seconds(files: list[Path], settings: FederationSettings, work_dir: Path) -> float:
     """The slowest clinic's own work in a round: DP training with the run's engine, σ read
     from the on-disk calibration cache (calibrated once per plan, in the warm-up here, as in
@@ -283,7 +326,11 @@ def run_mode(mode: str, files: list[Path], rounds: int, work_dir: Path) -> ModeR
     poll = POLL_SECONDS.get(mode, TASK_POLL_SECONDS)
     root = work_dir / f"{mode}-{len(files)}"
     runtime = RUNTIMES.get(mode, NodeRuntime.WARM)
-    with deployment(root, files, poll, runtime, mode in PERSISTED_SUPERLINK) as fed:
+    logs = [root / "state" / path.stem / "supernode.log" for path in files]
+    with (
+        deployment(root, files, poll, runtime, mode in PERSISTED_SUPERLINK) as fed,
+        SuperNodeClock(logs) as supernodes,
+    ):
         if mode == "bare":
             app = write_bare_app(root / "bare-app", len(files), rounds)
             stream_run(fed, app, clock)
@@ -301,9 +348,9 @@ def run_mode(mode: str, files: list[Path], rounds: int, work_dir: Path) -> ModeR
             if result.status != "completed":
                 raise SystemExit(f"{mode}: the run ended {result.status}: {result.message}")
             work = clinic_work_seconds(files, settings, root)
-    logs = (root / "state").glob("*/clinic-runtime.log")
-    task_cpu = [float(m[1]) for log in logs for m in TASK_CPU.finditer(log.read_text())]
-    return ModeResult(mode, len(files), clock.rounds(), work, task_cpu)
+    runtime_logs = (root / "state").glob("*/clinic-runtime.log")
+    task_cpu = [float(m[1]) for log in runtime_logs for m in TASK_CPU.finditer(log.read_text())]
+    return ModeResult(mode, len(files), clock.rounds(), work, task_cpu, supernodes.gaps())
 
 
 def _free_port() -> int:
@@ -322,18 +369,22 @@ def render(results: list[ModeResult], args: argparse.Namespace, wall: float) -> 
         "SuperNodes on 127.0.0.1, TLS and node authentication on, every setup in this one run.",
         "",
         "Overhead = round wall time minus the slowest clinic's own work (DP training with σ "
-        "from the calibration cache, and evaluation; measured in-process after a warm-up).",
+        "from the calibration cache, and evaluation; measured in-process after a warm-up). "
+        "The gap between rounds is, per round, the time from the previous round's last train "
+        "reply leaving its SuperNode to the last SuperNode taking this round's train message "
+        "(both from the SuperNodes' logs): the coordinator's aggregation and the SuperNodes' "
+        "idle poll, with no clinic at work.",
         "",
         "| setup | nodes | round wall times (s) | median round (s) | slowest clinic work (s) "
-        "| median overhead (s) | median message CPU (s) |",
-        "|---|---|---|---|---|---|---|",
+        "| median overhead (s) | median gap between rounds (s) | median message CPU (s) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for result in results:
         s = result.summary()
         lines.append(
             f"| {s['mode']} | {s['nodes']} | {', '.join(f'{v:.1f}' for v in s['round_wall_s'])} "
             f"| {s['median_round_wall_s']:.1f} | {s['slowest_clinic_work_s']:.2f} "
-            f"| {s['median_overhead_s']:.1f} "
+            f"| {s['median_overhead_s']:.1f} | {s['median_gap_s']:.1f} "
             f"| {'' if s['median_task_cpu_s'] is None else s['median_task_cpu_s']} |"
         )
     lines += ["", *FINDINGS]
@@ -349,7 +400,16 @@ FINDINGS = [
     "  message. The task runs the clinic's installed ClientApp with Flower's Runtime API calls",
     "  and pulls the message's arrays with a short retry (Flower's first retry is after 1 s,",
     "  and its SuperNode creates the task before it has pulled the arrays).",
-    "* The ServerApp collects replies as they arrive (50-200 ms polls) instead of every 3 s.",
+    "* The ServerApp collects replies as they arrive (50-200 ms polls) instead of every 3 s,",
+    "  and pulls a reply's objects with a first retry after 20 ms: the SuperLink hands out a",
+    "  reply once its SuperNode announced it, before its objects are uploaded, and Flower's",
+    "  grid first waits 1 s for an object not there yet.",
+    "* The model travels as one flat float32 array (`schemas/model_record.py`): Flower stores",
+    "  each array as objects of its own and each object is one request per hop (ServerApp to",
+    "  SuperLink to SuperNode to task, and back), so a message of six tensors was 16 objects",
+    "  and a reply 17; now 6 and 7. This took a task's pull of its message from 0.2-1.7 s to",
+    "  under 0.15 s, and the ServerApp's pull of a reply from 0.3-2.5 s to about 0.1 s.",
+    "  (`oralfed-before` sends the one array too: it is today's app on yesterday's path.)",
     "* The SuperLink keeps its state in memory: its SQLite state database cost it about 2.5 s",
     "  of CPU per round at 5 nodes on these 2 cores, more than all clinics' work.",
     "* The accountants remember ε per whole history and the PLD of a DP-SGD step per (σ, q):",
@@ -363,9 +423,11 @@ FINDINGS = [
     "What bounds what remains:",
     "",
     "* The SuperNode's loop (Flower's, unchanged): after a pull that returned nothing it",
-    "  sleeps 3 s, so the next round's message waits for each node's next pull, up to 3 s",
-    "  (about 1.5 s on average per node; a round waits for the slowest of its nodes); and it",
-    "  checks for a finished reply every 0.5 s.",
+    "  sleeps 3 s, so the next round's message waits for each node's next pull. A node pulls",
+    "  once at once after pushing its reply, finds nothing (the round is not aggregated yet)",
+    "  and sleeps: the last node to reply takes the next round's message about 3 s after its",
+    "  reply, whatever the coordinator does (the gap-between-rounds column). The node",
+    "  also checks for a finished reply every 0.5 s.",
     "* The first round of a run calibrates σ for the run's target ε by bisection over the",
     "  accountant (the clinic's own work, cached on disk for the run's later rounds), and the",
     "  run's last round also sends the final evaluation, a second message.",
