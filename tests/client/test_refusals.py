@@ -298,3 +298,14 @@ def test_a_full_disk_after_the_charge_says_the_round_was_charged(
     filler.unlink()
     assert charges(state) == 2
     assert len(list((state / RELEASES_DIR).glob("train-*.npz"))) == 1  # round 2 not stored
+
+
+def test_a_request_without_a_model_is_refused_before_any_charge(
+    clinic_file: Path, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    node = ClinicNode.from_config(node_config(clinic_file, state))
+    request = message("train", build_model(FAST.hidden_sizes, seed=3), train_config(FAST))
+    del request.content[protocol.REPLY_ARRAYS]
+    refused(answer(handle_train, request, node), "no 'arrays' record", "nothing was charged")
+    assert not (state / LEDGER_FILE).exists() or charges(state) == 0
