@@ -36,6 +36,10 @@ if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
     pytest.skip("Debian's chromium and chromium-driver are not installed", allow_module_level=True)
 
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.expected_conditions import staleness_of  # noqa: E402
+from selenium.webdriver.support.wait import WebDriverWait  # noqa: E402
+
+PAGE_SECONDS = 60
 
 
 @dataclass
@@ -125,17 +129,27 @@ def browser(tmp_path: Path) -> Iterator[Any]:
     service = webdriver.ChromeService(executable_path=str(CHROMEDRIVER))
     driver = webdriver.Chrome(options=options, service=service)
     driver.set_page_load_timeout(120)
+    # A form post or a link replaces the page while the test goes on: look up elements for a
+    # while rather than failing on the old page or on a new one still loading.
+    driver.implicitly_wait(PAGE_SECONDS)
     try:
         yield driver
     finally:
         driver.quit()
 
 
+def follow(driver: Any, element: Any) -> None:
+    """Click a submit button or a link and wait until its page has been replaced, so that
+    what the test reads next is the answer's page, never the page it came from."""
+    element.click()
+    WebDriverWait(driver, PAGE_SECONDS).until(staleness_of(element))
+
+
 def log_in(driver: Any, url: str, token: str) -> None:
     driver.get(url + "/")
     assert driver.current_url.endswith("/login")
     driver.find_element(By.ID, "token").send_keys(token)
-    driver.find_element(By.ID, "login-submit").click()
+    follow(driver, driver.find_element(By.ID, "login-submit"))
 
 
 def screenshot(driver: Any, name: str) -> None:
@@ -207,7 +221,7 @@ def test_a_researcher_asks_a_query_and_sees_its_cost_deducted(
     run = cells(browser, 'tr[data-run="run1"]')
     assert run[1] == "completed" and run[3] == "2" and run[6] == "verifies"
     screenshot(browser, "coordinator")
-    browser.find_element(By.LINK_TEXT, "run1").click()
+    follow(browser, browser.find_element(By.LINK_TEXT, "run1"))
     assert browser.find_element(By.ID, "run-status").text == "completed"
     auc = browser.find_element(By.ID, "auc-chart")
     assert int(auc.get_property("naturalWidth")) > 0
@@ -217,11 +231,11 @@ def test_a_researcher_asks_a_query_and_sees_its_cost_deducted(
     browser.find_element(By.CSS_SELECTOR, '#column option[value="sugary_drinks_per_day"]').click()
     browser.find_element(By.CSS_SELECTOR, 'input[name="group_by"][value="sex"]').click()
     browser.find_element(By.ID, "epsilon").send_keys("0.5")
-    browser.find_element(By.ID, "estimate").click()
+    follow(browser, browser.find_element(By.ID, "estimate"))
     estimate = float(browser.find_element(By.ID, "estimate-after").text)
     assert 0 < estimate <= 3
     screenshot(browser, "query-estimate")
-    browser.find_element(By.ID, "send").click()
+    follow(browser, browser.find_element(By.ID, "send"))
     answer = browser.find_element(By.ID, "answer-table").text
     assert "sex=" in answer and "[" in answer  # cells with their 95 % intervals
     assert int(browser.find_element(By.ID, "answer-chart").get_property("naturalWidth")) > 0
@@ -243,7 +257,7 @@ def test_without_a_token_nothing_is_shown(dashboards: Dashboards, browser: Any) 
     browser.get(dashboards.coordinator_url + "/runs/run1")
     assert browser.current_url.endswith("/login")
     browser.find_element(By.ID, "token").send_keys("ofi_0123456789abcdef.wrong")
-    browser.find_element(By.ID, "login-submit").click()
+    follow(browser, browser.find_element(By.ID, "login-submit"))
     assert "unknown or wrong token" in browser.find_element(By.ID, "login-problem").text
     screenshot(browser, "login-refused")
     with pytest.raises(urllib.error.HTTPError) as refused:
