@@ -28,12 +28,24 @@ from oralfed.schemas.node_config import DEFAULT_EPSILON_CAP
 from oralfed.schemas.settings import run_settings
 from oralfed.server.checkpoint import resumed_settings, unfinished_checkpoint
 
+# A national dental network is thousands of practices; their synthetic files (about 150 kB
+# each) are written to the run folder.
+MAX_SYNTHETIC_CLINICS = 10_000
+# Up to this many clinics the report lists each; beyond, it summarises them (report.json
+# keeps every row).
+LISTED_CLINICS = 30
+
 
 @run_setting_options(exclude=("coordinator_url",))
 def federate(
     settings: SettingValues,
     clinics: Annotated[
-        int, typer.Option(min=1, max=50, help="Synthetic clinics to create (ignored with --data).")
+        int,
+        typer.Option(
+            min=1,
+            max=MAX_SYNTHETIC_CLINICS,
+            help="Synthetic clinics to create (ignored with --data).",
+        ),
     ] = 10,
     data: Annotated[
         Path | None,
@@ -141,25 +153,35 @@ def setting_changes(settings: SettingValues) -> dict[str, Any]:
 
 @contextmanager
 def _round_progress(total: int, done: int = 0) -> Iterator[EventCallback]:
-    """A progress bar over the rounds (``done`` already), with one line per round summary."""
+    """A progress bar over the rounds (``done`` already) and one over the clinics that have
+    replied within the round, with one line per round summary."""
     progress = Progress(
-        TextColumn("[bold]Federation[/]"),
+        TextColumn("[bold]{task.description}[/]"),
         BarColumn(),
-        TextColumn("round {task.completed}/{task.total}"),
+        TextColumn("{task.fields[unit]} {task.completed}/{task.total}"),
         TimeElapsedColumn(),
         console=console,
     )
     with progress:
-        bar = progress.add_task("rounds", total=total, completed=done)
+        bar = progress.add_task("Federation", total=total, completed=done, unit="round")
+        clinics = progress.add_task("", total=None, visible=False, unit="clinics")
 
         def on_event(event: dict[str, Any]) -> None:
+            if event.get("event") == "progress":
+                progress.update(
+                    clinics,
+                    description=f"round {event['group_id']} {event['message_type']}",
+                    completed=event["replied"],
+                    total=event["sent"],
+                    visible=True,
+                )
+                return
             if event.get("event") != "round":
                 return
             summary = event["summary"]
             progress.update(bar, completed=summary["round"])
-            refused = (
-                ", ".join(r["clinic"] for r in summary["refused"] + summary["failed"]) or "none"
-            )
+            progress.update(clinics, visible=False)
+            refused = _some_of([r["clinic"] for r in summary["refused"] + summary["failed"]])
             progress.console.print(
                 f"round {summary['round']}: {len(summary['trained'])} clinic(s) trained, "
                 f"refused/failed: {refused}" + _evaluation_text(summary.get("evaluation"))
@@ -188,31 +210,10 @@ def render_report(report: dict[str, Any]) -> None:
             "local-only, mean over clinics (baseline)", _fmt(overall["local_only_mean_auc"]), ""
         )
         console.print(table)
-    clinics = Table(title="Per clinic: test AUC of each model, and privacy budget")
-    for column in (
-        "clinic",
-        "rounds",
-        "federated",
-        "local",
-        "central",
-        "ε spent/cap",
-        "δ",
-        "acct.",
-    ):
-        clinics.add_column(column)
-    for row in report["clinics"]:
-        spent, cap = row.get("epsilon_spent"), row.get("epsilon_cap")
-        clinics.add_row(
-            row["clinic"],
-            str(row["rounds_trained"]),
-            _fmt(row.get("federated_dp", {}).get("auc")),
-            _fmt(row.get("local_only", {}).get("auc")),
-            _fmt(row.get("central_pooled", {}).get("auc")),
-            "-" if spent is None else f"{spent:.2f}/{cap:g}",
-            f"{row['delta']:.0e}" if row.get("delta") else "-",
-            row.get("accountant") or "-",
-        )
-    console.print(clinics)
+    if len(report["clinics"]) > LISTED_CLINICS:
+        _render_clinic_distributions(report["clinics"])
+    else:
+        _render_clinic_table(report["clinics"])
     final = (report.get("evaluation") or {}).get("final")
     if final:
         console.print(
@@ -226,12 +227,88 @@ def render_report(report: dict[str, Any]) -> None:
     if report.get("dp_engine"):
         console.print(f"Trained with the {report['dp_engine']} DP-SGD engine")
     _render_secure_aggregation(report.get("secure_aggregation") or {})
-    for row in report["clinics"]:
-        for refusal in row["refusals"]:
-            console.print(
-                f"[yellow]round {refusal['round']}: {row['clinic']} {refusal['status']}[/]: "
-                f"{refusal['reason']}"
-            )
+    refusals = [
+        (row["clinic"], refusal) for row in report["clinics"] for refusal in row["refusals"]
+    ]
+    for clinic, refusal in refusals[:LISTED_CLINICS]:
+        console.print(
+            f"[yellow]round {refusal['round']}: {clinic} {refusal['status']}[/]: "
+            f"{refusal['reason']}"
+        )
+    if len(refusals) > LISTED_CLINICS:
+        console.print(f"[yellow]... and {len(refusals) - LISTED_CLINICS} more[/] (report.json)")
+
+
+def _render_clinic_table(rows: list[dict[str, Any]]) -> None:
+    clinics = Table(title="Per clinic: test AUC of each model, and privacy budget")
+    for column in (
+        "clinic",
+        "rounds",
+        "federated",
+        "local",
+        "central",
+        "ε spent/cap",
+        "δ",
+        "acct.",
+    ):
+        clinics.add_column(column)
+    for row in rows:
+        spent, cap = row.get("epsilon_spent"), row.get("epsilon_cap")
+        clinics.add_row(
+            row["clinic"],
+            str(row["rounds_trained"]),
+            _fmt(row.get("federated_dp", {}).get("auc")),
+            _fmt(row.get("local_only", {}).get("auc")),
+            _fmt(row.get("central_pooled", {}).get("auc")),
+            "-" if spent is None else f"{spent:.2f}/{cap:g}",
+            f"{row['delta']:.0e}" if row.get("delta") else "-",
+            row.get("accountant") or "-",
+        )
+    console.print(clinics)
+
+
+def _render_clinic_distributions(rows: list[dict[str, Any]]) -> None:
+    """Many clinics: each figure's spread over the clinics that have it, instead of a row
+    per clinic; ε is shown with every δ and accountant the clinics reported."""
+    table = Table(
+        title=f"Over the {len(rows)} clinics that took part (every clinic's row: report.json)"
+    )
+    for column in ("figure", "clinics", "min", "10%", "median", "90%", "max"):
+        table.add_column(column, justify="right")
+    figures: dict[str, list[float | None]] = {
+        "rounds trained": [row["rounds_trained"] for row in rows],
+        "ε spent": [row.get("epsilon_spent") for row in rows],
+        "ε left": [row.get("epsilon_left") for row in rows],
+        "federated AUC": [row.get("federated_dp", {}).get("auc") for row in rows],
+        "local-only AUC": [row.get("local_only", {}).get("auc") for row in rows],
+        "central AUC": [row.get("central_pooled", {}).get("auc") for row in rows],
+    }
+    for name, values in figures.items():
+        present = sorted(v for v in values if v is not None)
+        if present:
+            shown = [f"{q:g}" if name == "rounds trained" else _fmt(q) for q in _quantiles(present)]
+            table.add_row(name, str(len(present)), *shown)
+    console.print(table)
+    deltas = sorted({f"{row['delta']:g}" for row in rows if row.get("delta")})
+    accountants = sorted({row["accountant"] for row in rows if row.get("accountant")})
+    refused = sum(1 for row in rows if row["refusals"])
+    console.print(
+        f"ε at δ {', '.join(deltas) or '-'} ({', '.join(accountants) or '-'} accountant); "
+        f"{refused} clinic(s) refused or failed a round"
+    )
+
+
+def _quantiles(ordered: list[float]) -> list[float]:
+    """Min, 10 %, median, 90 % and max of a sorted list (nearest rank)."""
+    last = len(ordered) - 1
+    return [ordered[round(share * last)] for share in (0.0, 0.1, 0.5, 0.9, 1.0)]
+
+
+def _some_of(clinics: list[str], shown: int = 5) -> str:
+    """A round line's clinic list, kept to a line however many clinics there are."""
+    if len(clinics) <= shown:
+        return ", ".join(clinics) or "none"
+    return f"{', '.join(clinics[:shown])} and {len(clinics) - shown} more"
 
 
 def _render_secure_aggregation(secure: dict[str, Any]) -> None:

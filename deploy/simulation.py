@@ -3,8 +3,9 @@
 ``launch_simulation`` runs it in a child process of its own session: Ray starts a tree of
 processes (GCS, raylet, workers) and the ServerApp thread does not listen for Ctrl-C, so
 ending the child's whole process group is the one reliable way to leave nothing running
-when ``oralfed federate`` returns, however it returns. The child reports each round as a
-JSON line on a pipe; Flower's and Ray's own logs go to ``federation.log`` in the run folder.
+when ``oralfed federate`` returns, however it returns. The child reports each round, and
+within a round how many clinics have replied, as JSON lines on a pipe; Flower's and Ray's
+own logs go to ``federation.log`` in the run folder.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +162,7 @@ def _run_child(out_dir: Path, events_fd: int) -> int:
             settings,
             outcomes,
             lambda record: emit({"event": "round", "summary": record.summary()}),
+            on_progress=lambda progress: emit({"event": "progress", **asdict(progress)}),
         )
     status, message = "failed", None
     try:

@@ -220,6 +220,13 @@ class FederationSettings:
     )
     seed: int = _setting(DEFAULT_SEED, "seed", "Seed of synthetic data and the initial model.")
     min_clinics: int = _setting(2, "min-clinics", "Stop if fewer clinics train in a round.")
+    clinics_per_round: float | None = _setting(
+        None,
+        "clinics-per-round",
+        "Clinics sampled each round to train (and, in evaluation rounds, to evaluate): a "
+        "count such as 100, or a share of the connected clinics in (0, 1); default: all. "
+        "Only sampled clinics are asked, so only they are charged.",
+    )
     round_timeout: float = _setting(
         600.0, "round-timeout", "Seconds a round waits for replies (and for clinics to connect)."
     )
@@ -285,8 +292,37 @@ class FederationSettings:
             raise SettingsError(
                 ("hidden-sizes",), f"{{0}} must be positive widths, got {list(self.hidden_sizes)}"
             )
+        self._check_clinics_per_round()
         self._check_aggregation()
         self._check_secure_aggregation()
+
+    def _check_clinics_per_round(self) -> None:
+        """A count is a whole number a round can go on with; a share is below one."""
+        sample = self.clinics_per_round
+        if sample is None:
+            return
+        if not (math.isfinite(sample) and sample > 0) or (sample >= 1 and sample % 1 != 0):
+            raise SettingsError(
+                ("clinics-per-round",),
+                f"{{0}} must be a whole number of clinics or a share in (0, 1), got {sample}",
+            )
+        if sample >= 1 and sample < self.min_clinics:
+            raise SettingsError(
+                ("clinics-per-round", "min-clinics"),
+                f"{{0}}={sample:g} samples fewer clinics than the {{1}}={self.min_clinics} a "
+                "round needs to go on",
+            )
+
+    def clinics_in_round(self, connected: int) -> int:
+        """How many of ``connected`` clinics a round samples: the count asked for, or the
+        share rounded up, never fewer than ``min-clinics`` nor more than are connected."""
+        sample = self.clinics_per_round
+        if sample is None:
+            return connected
+        wanted = (
+            int(sample) if sample >= 1 else max(self.min_clinics, math.ceil(sample * connected))
+        )
+        return min(wanted, connected)
 
     def _check_secure_aggregation(self) -> None:
         """Secure aggregation hides the individual updates, which a robust aggregation needs

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from oralfed.server.checkpoint import (
 )
 from oralfed.server.coordinator_db import CoordinatorStore
 from oralfed.server.history import FederationHistory, RoundRecord, history_from_summaries
-from oralfed.server.prompt_grid import PromptGrid
+from oralfed.server.prompt_grid import PromptGrid, ReplyProgress
 from oralfed.server.rounds import ContinuedRounds
 from oralfed.server.secure_aggregation import SecureAggregationGrid
 from oralfed.server.strategy import RoundCallback, make_strategy
@@ -175,17 +176,18 @@ def make_server_app(
     outcome_sink: list[FederationOutcome] | None = None,
     on_round_end: RoundCallback | None = None,
     prompt_replies: bool = True,
+    on_progress: Callable[[ReplyProgress], None] | None = None,
 ) -> ServerApp:
     """A ServerApp; without ``settings`` it reads Flower's run config (``flwr run .``).
 
-    ``prompt_replies`` collects replies as they arrive (:class:`PromptGrid`); without it the
-    rounds wait on Flower's grid as it is (its 3 s pulls: bench/deploy_overhead.py's
-    baseline)."""
+    ``prompt_replies`` collects replies as they arrive (:class:`PromptGrid`, which tells
+    ``on_progress`` how many clinics have replied); without it the rounds wait on Flower's
+    grid as it is (its 3 s pulls: bench/deploy_overhead.py's baseline)."""
     app = ServerApp()
 
     @app.main()
     def main(flower_grid: Grid, context: Context) -> None:
-        grid = PromptGrid(flower_grid) if prompt_replies else flower_grid
+        grid = PromptGrid(flower_grid, on_progress) if prompt_replies else flower_grid
         if settings is None and context.run_config.get(protocol.RUN_QUERY_JSON):
             # A deployment has one ServerApp: a run config holding a query asks a question
             # (`oralfed insights query --federation-dir`) instead of training.

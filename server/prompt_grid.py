@@ -7,6 +7,10 @@ grid Flower hands the ServerApp and waits on its own terms through the public
 ``push_messages`` / ``pull_messages``: 50 ms after a reply came in, backing off to a fifth of a
 second while clinics train, so an idle coordinator does not hammer the SuperLink.
 
+It can say how far a round has got: ``on_progress`` hears, after each pull that brought
+replies, how many of the messages sent have been answered (``oralfed federate`` draws its
+bar of clinics done within the round from it).
+
 It also pulls a reply's objects with a short retry. The SuperLink hands out a reply as soon as
 the SuperNode has announced it, before the SuperNode has uploaded the reply's objects, and
 Flower's ``HttpGrid.pull_messages`` waits 1 s, then 2 s, … (``PULL_INITIAL_BACKOFF``) for an
@@ -19,13 +23,15 @@ in-memory grid) the wrapped grid pulls. Everything else goes to the wrapped grid
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from flwr.app import Message, Metadata
 from flwr.app.error import Error
 from flwr.app.message import make_message
 from flwr.common.constant import ErrorCode
 from flwr.proto.runtime_pb2 import PullAppMessagesRequest
+from flwr.serverapp import Grid
 from flwr.supercore.constant import SYSTEM_MESSAGE_TYPE
 from flwr.supercore.date import now
 from flwr.supercore.inflatable.inflatable_protobuf_utils import (
@@ -46,6 +52,7 @@ __all__ = [
     "OBJECT_RETRY_CAP_SECONDS",
     "OBJECT_RETRY_SECONDS",
     "PromptGrid",
+    "ReplyProgress",
     "pull_replies",
 ]
 
@@ -55,9 +62,25 @@ OBJECT_RETRY_SECONDS = 0.02  # first wait for an object the SuperNode is still u
 OBJECT_RETRY_CAP_SECONDS = 0.5
 
 
+@dataclass(frozen=True)
+class ReplyProgress:
+    """How many of the messages one ``send_and_receive`` sent have been answered so far."""
+
+    message_type: str  # Flower's: "train", "evaluate", "query"
+    group_id: str  # Flower's strategies put the round number here
+    replied: int
+    sent: int
+
+
 class PromptGrid(WrappedGrid):
     """``grid`` with a ``send_and_receive`` that polls from 50 ms up to 0.2 s, not every 3 s,
     and pulls replies with a short retry for their objects."""
+
+    def __init__(
+        self, grid: Grid, on_progress: Callable[[ReplyProgress], None] | None = None
+    ) -> None:
+        super().__init__(grid)
+        self.on_progress = on_progress
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         if isinstance(self.grid, HttpGrid):
@@ -74,6 +97,7 @@ class PromptGrid(WrappedGrid):
         if not messages:
             return []
         waiting = set(self.push_messages(messages))
+        sent = len(waiting)
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
         poll = FIRST_POLL_SECONDS
@@ -82,6 +106,11 @@ class PromptGrid(WrappedGrid):
             replies.extend(arrived)
             poll = FIRST_POLL_SECONDS if arrived else min(poll * 1.5, MAX_POLL_SECONDS)
             waiting.difference_update(msg.metadata.reply_to_message_id for msg in arrived)
+            if arrived and self.on_progress is not None:
+                first = messages[0].metadata
+                self.on_progress(
+                    ReplyProgress(first.message_type, first.group_id, sent - len(waiting), sent)
+                )
             if not waiting:
                 break
             if deadline is not None and (left := deadline - time.monotonic()) <= 0:

@@ -11,6 +11,7 @@ is Flower's: FedAvg's weighted mean, or one of its robust strategies (docs/robus
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -51,11 +52,12 @@ class FederationHalted(OralFedError, RuntimeError):
 
 
 class _ConnectedNodes:
-    """A view of the grid that offers Flower's sampler exactly the nodes connected now.
+    """A view of the grid that offers Flower's sampler exactly the round's nodes.
 
     Flower's ``sample_nodes`` waits *forever* for ``min_available_nodes``; a deployed clinic
     that dies would hang the next round. We wait for the minimum ourselves, bounded by the
-    round timeout, and then let Flower sample from this fixed snapshot, which never waits.
+    round timeout, draw the round's sample (``clinics-per-round``) from the nodes connected
+    then, and let Flower take that fixed snapshot, which never waits.
     """
 
     def __init__(self, node_ids: list[int]) -> None:
@@ -84,7 +86,7 @@ class RecordingMixin:
     ) -> Iterable[Message]:
         """Flower's FedProx does nothing but tell the clinics ``proximal-mu``; doing it here
         gives every aggregation the FedProx local objective."""
-        nodes = self._connected_nodes(server_round, grid)
+        nodes = self._round_nodes(server_round, "train", grid)
         self.sampled[(server_round, "train")] = nodes.node_ids
         self.sent[server_round] = reference_arrays(arrays)
         if self.settings.strategy is StrategyName.FEDPROX:
@@ -97,11 +99,23 @@ class RecordingMixin:
         """Only in the run's evaluation rounds: each evaluation is a charged release."""
         if server_round not in self.settings.evaluation_rounds():
             return []
-        nodes = self._connected_nodes(server_round, grid)
+        nodes = self._round_nodes(server_round, "evaluate", grid)
         self.sampled[(server_round, "evaluate")] = nodes.node_ids
         return super().configure_evaluate(server_round, arrays, config, cast(Grid, nodes))  # type: ignore[misc]
 
-    def _connected_nodes(self, server_round: int, grid: Grid) -> _ConnectedNodes:
+    def _round_nodes(self, server_round: int, phase: Phase, grid: Grid) -> _ConnectedNodes:
+        """The round's sample of the connected nodes (all of them by default): the same
+        nodes give the same draw for the run's seed, round and phase. Sampling decides only
+        whom the coordinator asks, and it knows whom it asked, so no clinic's ε is claimed
+        to shrink by it (docs/privacy.md)."""
+        connected = sorted(self._connected_nodes(server_round, grid))
+        count = self.settings.clinics_in_round(len(connected))
+        if count == len(connected):
+            return _ConnectedNodes(connected)
+        draw = random.Random(f"{self.settings.seed}/{server_round}/{phase}")
+        return _ConnectedNodes(sorted(draw.sample(connected, count)))
+
+    def _connected_nodes(self, server_round: int, grid: Grid) -> list[int]:
         deadline = time.monotonic() + self.settings.round_timeout
         while len(node_ids := list(grid.get_node_ids())) < self.settings.min_clinics:
             if time.monotonic() >= deadline:
@@ -111,7 +125,7 @@ class RecordingMixin:
                     f"{self.settings.min_clinics}"
                 )
             time.sleep(NODE_POLL_SECONDS)
-        return _ConnectedNodes(node_ids)
+        return node_ids
 
     def _record_replies(
         self, server_round: int, phase: Phase, replies: list[Message]

@@ -135,6 +135,9 @@ def test_model_score_refuses_a_non_model(
         (("--strategy", "fedsgd"), "'fedsgd' is not one of"),
         (("--rounds", "0"), "--rounds must be at least 1"),
         (("--hidden-sizes", "8,x"), "--hidden-sizes must be comma-separated whole numbers"),
+        (("--clinics", "10001"), "10001 is not in the range 1<=x<=10000"),
+        (("--clinics-per-round", "1"), "--clinics-per-round=1 samples fewer clinics than the"),
+        (("--clinics-per-round", "2.5"), "--clinics-per-round must be a whole number of clinics"),
     ],
 )
 def test_federate_rejects_bad_options_before_doing_anything(
@@ -155,3 +158,41 @@ def test_federate_refuses_a_folder_with_a_bad_file_and_writes_nothing(
     assert code == ExitCode.INVALID_DATA and str(bad) in err.replace("\n", "")
     assert "research-tier" in err
     assert not (tmp_path / "run").exists()
+
+
+def _clinic_row(k: int) -> dict[str, object]:
+    refusals = [{"round": 2, "status": "refused", "reason": "budget"}] if k % 10 == 0 else []
+    return {
+        "clinic": f"clinic-{k:05d}",
+        "rounds_trained": 1 + k % 2,
+        "refusals": refusals,
+        "clipped": [],
+        "epsilon_spent": 0.01 * k,
+        "epsilon_cap": 10.0,
+        "epsilon_left": 10.0 - 0.01 * k,
+        "delta": 1e-5,
+        "accountant": "pld",
+        "federated_dp": {"auc": 0.5 + k / 1000},
+    }
+
+
+def test_a_large_federation_is_summarised_and_a_small_one_listed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from oralfed.cli.federate import LISTED_CLINICS, render_report
+
+    for count in (LISTED_CLINICS, 401):
+        rows = [_clinic_row(k) for k in range(1, count + 1)]
+        render_report({"clinics": rows, "evaluation": {}})
+        out = capsys.readouterr().out
+        listed = "Per clinic: test AUC" in out
+        if count == LISTED_CLINICS:
+            assert listed and "Over the" not in out
+            continue
+        assert not listed and f"Over the {count} clinics" in out
+        line = next(line for line in out.splitlines() if "ε spent" in line)
+        spent = [cell for cell in line.split() if cell != "│"]
+        assert spent[-6:] == [str(count), "0.010", "0.410", "2.010", "3.610", "4.010"]
+        assert "δ 1e-05 (pld accountant); 40 clinic(s) refused or failed" in out
+        assert out.count("refused: budget") == LISTED_CLINICS
+        assert f"... and {40 - LISTED_CLINICS} more (report.json)" in out

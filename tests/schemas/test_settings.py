@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any
@@ -50,6 +51,7 @@ valid_settings = st.builds(
     noise_multiplier=st.floats(0.3, 5),
     seed=st.integers(0, 2**31),
     min_clinics=st.integers(1, 10),
+    clinics_per_round=st.one_of(st.none(), st.floats(0.01, 0.99), st.integers(10, 500)),
     round_timeout=st.floats(1, 3600),
     task=st.sampled_from(Task),
     hidden_sizes=st.lists(st.integers(1, 128), min_size=1, max_size=3).map(tuple),
@@ -125,6 +127,7 @@ def test_every_cli_flag_sets_its_setting() -> None:
         "--eval-every": "2",
         "--seed": "11",
         "--min-clinics": "3",
+        "--clinics-per-round": "40",
         "--round-timeout": "60",
         "--task": "periodontitis",
         "--hidden-sizes": "16,8",
@@ -159,6 +162,7 @@ def test_every_cli_flag_sets_its_setting() -> None:
             eval_every=2,
             seed=11,
             min_clinics=3,
+            clinics_per_round=40,
             round_timeout=60.0,
             task=Task.PERIODONTITIS,
             hidden_sizes=(16, 8),
@@ -216,3 +220,39 @@ def test_the_secure_aggregation_switch_and_what_it_refuses() -> None:
         FederationSettings(secure_aggregation=True, min_clinics=1)
     with pytest.raises(SettingsError, match="secagg-threshold must be in"):
         FederationSettings(secagg_threshold=1.5)
+
+
+@given(
+    connected=st.integers(1, 20_000),
+    share=st.floats(0.0001, 0.9999),
+    count=st.integers(2, 20_000),
+    minimum=st.integers(1, 2),
+)
+def test_a_round_samples_the_count_or_the_share_within_the_connected_clinics(
+    connected: int, share: float, count: int, minimum: int
+) -> None:
+    assert FederationSettings(min_clinics=minimum).clinics_in_round(connected) == connected
+    by_count = FederationSettings(clinics_per_round=count, min_clinics=minimum)
+    assert by_count.clinics_in_round(connected) == min(count, connected)
+    by_share = FederationSettings(clinics_per_round=share, min_clinics=minimum)
+    sampled = by_share.clinics_in_round(connected)
+    assert min(minimum, connected) <= sampled <= connected
+    assert sampled >= share * connected and (sampled == minimum or sampled < share * connected + 1)
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (0.0, "a whole number of clinics or a share in (0, 1)"),
+        (-3.0, "a whole number of clinics or a share in (0, 1)"),
+        (2.5, "a whole number of clinics or a share in (0, 1)"),
+        (float("inf"), "a whole number of clinics or a share in (0, 1)"),
+        (1.0, "clinics-per-round=1 samples fewer clinics than the min-clinics=2"),
+    ],
+)
+def test_a_sample_that_is_no_count_or_share_or_below_the_minimum_is_refused(
+    value: float, problem: str
+) -> None:
+    with pytest.raises(SettingsError, match=re.escape(problem)):
+        FederationSettings(clinics_per_round=value)
+    assert FederationSettings.from_run_config({"clinics-per-round": 0.0}).clinics_per_round is None

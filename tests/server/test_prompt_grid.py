@@ -12,7 +12,7 @@ from flwr.proto.node_pb2 import NodeInfo  # type: ignore[attr-defined]
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-from oralfed.server.prompt_grid import MAX_POLL_SECONDS, PromptGrid
+from oralfed.server.prompt_grid import MAX_POLL_SECONDS, PromptGrid, ReplyProgress
 
 
 class _Reply:
@@ -95,6 +95,14 @@ def test_a_missing_reply_ends_at_the_timeout_with_the_replies_that_came() -> Non
     waited = time.monotonic() - started
     assert [r.metadata.reply_to_message_id for r in replies] == ["m0"]
     assert 1.0 <= waited < 1.0 + MAX_POLL_SECONDS + 0.5
+
+
+def test_progress_counts_the_replies_of_the_round_as_they_arrive() -> None:
+    sent = type("Metadata", (), {"message_type": "train", "group_id": "4"})()
+    messages = cast(list[Message], [type("Sent", (), {"metadata": sent})() for _ in range(3)])
+    heard: list[ReplyProgress] = []
+    PromptGrid(_SlowGrid([1, 1, 3]), heard.append).send_and_receive(messages, timeout=30)
+    assert heard == [ReplyProgress("train", "4", 2, 3), ReplyProgress("train", "4", 3, 3)]
 
 
 def test_no_messages_ask_the_superlink_nothing() -> None:
