@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import TypeGuard
@@ -36,6 +36,8 @@ __all__ = [
 UNKNOWN_SIZE_DELTA = 1e-6
 # Past this sigma the model learns nothing; a target that needs more is a budget that is too small.
 _MAX_NOISE_MULTIPLIER = 1e4
+# How far the exact ε's confirmation brackets around the level the quick search found.
+_CONFIRMING_FACTOR = 1.05
 
 
 def dpsgd_epsilon(
@@ -68,8 +70,10 @@ def noise_multiplier_for_epsilon(
     unless sigma is already pinned down to 1e-6 relative precision. Less noise than this
     would overspend the budget; more would cost accuracy for nothing. ε falls monotonically
     as sigma grows, so bisection suffices: bracket by doubling or halving from sigma = 1,
-    then halve the bracket. Targets so generous that even
-    :data:`~privacy.events.MIN_NOISE_MULTIPLIER` meets them get that floor.
+    then halve the bracket, on the accountant's quick estimate; then confirm the level found
+    on the exact ε (one evaluation, unless the two disagree by more than the tolerance).
+    Targets so generous that even :data:`~privacy.events.MIN_NOISE_MULTIPLIER` meets them
+    get that floor.
     """
     if not (math.isfinite(target_epsilon) and target_epsilon > 0):
         raise ValueError(f"target_epsilon must be a finite number > 0, got {target_epsilon!r}")
@@ -77,27 +81,59 @@ def noise_multiplier_for_epsilon(
         raise ValueError(f"tolerance must be > 0, got {tolerance!r}")
     acct = get_accountant(accountant)
 
-    def epsilon(sigma: float) -> float:
-        return acct.epsilon([DpSgdEvent(sigma, sample_rate, steps), *other_events], delta)
+    def events(sigma: float) -> list[PrivacyEvent]:
+        return [DpSgdEvent(sigma, sample_rate, steps), *other_events]
 
+    # The search's dozen levels on the accountant's quick estimate; the level kept is then
+    # confirmed, and if need be moved, on the exact ε the ledger will charge.
+    plan = f"sample_rate={sample_rate}, steps={steps}, δ={delta}"
+    screened = _smallest_sigma(
+        lambda sigma: acct.screening_epsilon(events(sigma), delta),
+        target_epsilon,
+        tolerance / 2,
+        plan,
+    )
+    return _smallest_sigma(
+        lambda sigma: acct.epsilon(events(sigma), delta),
+        target_epsilon,
+        tolerance,
+        plan,
+        start=screened,
+        factor=_CONFIRMING_FACTOR,
+    )
+
+
+def _smallest_sigma(
+    epsilon: Callable[[float], float],
+    target_epsilon: float,
+    tolerance: float,
+    plan: str,
+    start: float = 1.0,
+    factor: float = 2.0,
+) -> float:
+    """Bisection for :func:`noise_multiplier_for_epsilon`: bracket by multiplying or dividing
+    ``start`` by ``factor``, then halve the bracket. A start already within ``tolerance``
+    below the target is the answer at once."""
     # The first evaluation also validates sample_rate, steps and delta.
     # Invariant once bracketed: ε(low) > target >= ε(high) = eps_high.
-    high, eps_high = 1.0, epsilon(1.0)
+    high, eps_high = start, epsilon(start)
+    if 0 <= target_epsilon - eps_high <= tolerance:
+        return high
     if eps_high > target_epsilon:
         while eps_high > target_epsilon:
             if high >= _MAX_NOISE_MULTIPLIER:
                 raise ValueError(
                     f"no noise multiplier up to {_MAX_NOISE_MULTIPLIER:g} reaches ε <= "
-                    f"{target_epsilon} with sample_rate={sample_rate}, steps={steps}, δ={delta}"
+                    f"{target_epsilon} with {plan}"
                 )
-            high *= 2
+            high = min(high * factor, _MAX_NOISE_MULTIPLIER)
             eps_high = epsilon(high)
-        low = high / 2
+        low = high / factor
     else:
         while True:
             if high <= MIN_NOISE_MULTIPLIER:
                 return high  # even the least noise an event may carry meets the target
-            low = max(high / 2, MIN_NOISE_MULTIPLIER)
+            low = max(high / factor, MIN_NOISE_MULTIPLIER)
             eps_low = epsilon(low)
             if eps_low > target_epsilon:
                 break

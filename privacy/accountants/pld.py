@@ -27,6 +27,10 @@ _TRUNCATION_SIGMAS = 11.6
 _CHUNK = 1 << 20
 # dp-accounting's PLDAccountant default, which every PLD built here uses too.
 _DISCRETIZATION = 1e-4
+# A calibration searches a dozen noise levels for the one it keeps; it searches on this grid
+# (12x faster to build here, and with connect-the-dots within 1e-4 of the fine grid's ε for
+# DP-SGD) and confirms the level it keeps on the fine grid.
+_SCREENING_DISCRETIZATION = 1e-3
 
 
 class PldAccountant(Accountant):
@@ -39,17 +43,27 @@ class PldAccountant(Accountant):
     name: ClassVar[str] = "pld"
 
     def _epsilon(self, events: Sequence[PrivacyEvent], delta: float) -> float:
-        accountant = _PldComposer()
-        for event in events:
-            if isinstance(event, DiscreteGaussianEvent):
-                pld = discrete_gaussian_pld(event.sigma, event.sensitivity)
-                accountant.compose_pld(pld.self_compose(event.count))
-            elif isinstance(event, DpSgdEvent) and event.noise_multiplier > 0:
-                step = subsampled_gaussian_pld(event.noise_multiplier, event.sample_rate)
-                accountant.compose_pld(step.self_compose(repetitions(event)))
-            else:
-                accountant.compose(to_dp_event(event))
-        return float(accountant.get_epsilon(delta))
+        return _composed_pld_epsilon(events, delta, _DISCRETIZATION)
+
+    def _screening_epsilon(self, events: Sequence[PrivacyEvent], delta: float) -> float:
+        """The same composition on a coarser grid: still a pessimistic bound, a little
+        looser, for the levels a search tries and drops."""
+        return _composed_pld_epsilon(events, delta, _SCREENING_DISCRETIZATION)
+
+
+def _composed_pld_epsilon(events: Sequence[PrivacyEvent], delta: float, interval: float) -> float:
+    """ε at ``delta`` of ``events`` composed as PLDs on a grid of ``interval``."""
+    accountant = _PldComposer(value_discretization_interval=interval)
+    for event in events:
+        if isinstance(event, DiscreteGaussianEvent):
+            pld = discrete_gaussian_pld(event.sigma, event.sensitivity, interval)
+            accountant.compose_pld(pld.self_compose(event.count))
+        elif isinstance(event, DpSgdEvent) and event.noise_multiplier > 0:
+            step = subsampled_gaussian_pld(event.noise_multiplier, event.sample_rate, interval)
+            accountant.compose_pld(step.self_compose(repetitions(event)))
+        else:
+            accountant.compose(to_dp_event(event))
+    return float(accountant.get_epsilon(delta))
 
 
 class _PldComposer(PLDAccountant):
@@ -63,23 +77,25 @@ class _PldComposer(PLDAccountant):
 
 
 @functools.lru_cache(maxsize=32)
-def subsampled_gaussian_pld(noise_multiplier: float, sample_rate: float) -> PrivacyLossDistribution:
+def subsampled_gaussian_pld(
+    noise_multiplier: float, sample_rate: float, interval: float = _DISCRETIZATION
+) -> PrivacyLossDistribution:
     """One step of DP-SGD, exactly as dp-accounting's PLD accountant builds it for a
     ``PoissonSampledDpEvent`` of a ``GaussianDpEvent`` (then self-composed per step).
 
     Building it is most of a composition's cost (0.7 s here) and the same (σ, q) recurs in
     every history of a run: the ledger's budget, its charge and the run's bound each compose
-    one. The PLD is immutable and a pure function of its two arguments; a process keeps the
+    one. The PLD is immutable and a pure function of its arguments; a process keeps the
     last few."""
     return privacy_loss_distribution.from_gaussian_mechanism(
         standard_deviation=noise_multiplier,
-        value_discretization_interval=_DISCRETIZATION,
+        value_discretization_interval=interval,
         sampling_prob=sample_rate,
     )
 
 
 def discrete_gaussian_pld(
-    sigma: float, sensitivity: int, value_discretization_interval: float = 1e-4
+    sigma: float, sensitivity: int, value_discretization_interval: float = _DISCRETIZATION
 ) -> PrivacyLossDistribution:
     """The pessimistic PLD of N_Z(0, σ²) against N_Z(``sensitivity``, σ²).
 

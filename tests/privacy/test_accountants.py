@@ -334,6 +334,26 @@ def test_noise_multiplier_round_trips(accountant: str) -> None:
     assert target - tolerance <= achieved <= target
 
 
+@pytest.mark.parametrize(("sample_rate", "steps"), [(0.02, 137), (0.2, 11), (0.005, 1200)])
+def test_pld_calibration_searches_on_the_quick_grid_and_confirms_once_on_the_exact_one(
+    sample_rate: float, steps: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exact: list[float] = []
+    compose = PldAccountant._epsilon
+
+    def counted(self: PldAccountant, events: tuple[DpSgdEvent, ...], delta: float) -> float:
+        exact.append(events[0].noise_multiplier)
+        return compose(self, events, delta)
+
+    monkeypatch.setattr(PldAccountant, "_epsilon", counted)
+    target = 1.7  # a plan no other test calibrates: nothing is remembered yet
+    sigma = noise_multiplier_for_epsilon(target, sample_rate, steps, DELTA, "pld", 0.01)
+    assert exact == [sigma]  # one exact evaluation: the level kept
+    assert target - 0.01 <= dpsgd_epsilon(sigma, sample_rate, steps, DELTA, "pld") <= target
+    quick = PldAccountant().screening_epsilon([DpSgdEvent(sigma, sample_rate, steps)], DELTA)
+    assert abs(quick - dpsgd_epsilon(sigma, sample_rate, steps, DELTA, "pld")) < 1e-3
+
+
 def test_looser_accountant_needs_more_noise() -> None:
     pld = noise_multiplier_for_epsilon(1.0, 0.01, 100, DELTA, "pld", tolerance=0.05)
     rdp = noise_multiplier_for_epsilon(1.0, 0.01, 100, DELTA, "rdp", tolerance=0.05)
