@@ -59,7 +59,12 @@ def _composed_pld_epsilon(events: Sequence[PrivacyEvent], delta: float, interval
             pld = discrete_gaussian_pld(event.sigma, event.sensitivity, interval)
             accountant.compose_pld(pld.self_compose(event.count))
         elif isinstance(event, DpSgdEvent) and event.noise_multiplier > 0:
-            step = subsampled_gaussian_pld(event.noise_multiplier, event.sample_rate, interval)
+            sigma, rate = event.noise_multiplier, event.sample_rate
+            step = (  # a search tries each level once: only the fine grid's steps are kept
+                subsampled_gaussian_pld(sigma, rate)
+                if interval == _DISCRETIZATION
+                else _gaussian_step(sigma, rate, interval)
+            )
             accountant.compose_pld(step.self_compose(repetitions(event)))
         else:
             accountant.compose(to_dp_event(event))
@@ -76,22 +81,25 @@ class _PldComposer(PLDAccountant):
         self._pld = self._pld.compose(pld)
 
 
-@functools.lru_cache(maxsize=32)
-def subsampled_gaussian_pld(
-    noise_multiplier: float, sample_rate: float, interval: float = _DISCRETIZATION
+def _gaussian_step(
+    noise_multiplier: float, sample_rate: float, interval: float
 ) -> PrivacyLossDistribution:
     """One step of DP-SGD, exactly as dp-accounting's PLD accountant builds it for a
-    ``PoissonSampledDpEvent`` of a ``GaussianDpEvent`` (then self-composed per step).
-
-    Building it is most of a composition's cost (0.7 s here) and the same (σ, q) recurs in
-    every history of a run: the ledger's budget, its charge and the run's bound each compose
-    one. The PLD is immutable and a pure function of its arguments; a process keeps the
-    last few."""
+    ``PoissonSampledDpEvent`` of a ``GaussianDpEvent`` (then self-composed per step)."""
     return privacy_loss_distribution.from_gaussian_mechanism(
         standard_deviation=noise_multiplier,
         value_discretization_interval=interval,
         sampling_prob=sample_rate,
     )
+
+
+@functools.lru_cache(maxsize=32)
+def subsampled_gaussian_pld(noise_multiplier: float, sample_rate: float) -> PrivacyLossDistribution:
+    """:func:`_gaussian_step`, remembered: building it is most of a composition's cost
+    (0.7 s here) and the same (σ, q) recurs in every history of a run: the ledger's budget,
+    its charge and the run's bound each compose one. The PLD is immutable and a pure
+    function of its arguments; a process keeps the last few."""
+    return _gaussian_step(noise_multiplier, sample_rate, _DISCRETIZATION)
 
 
 def discrete_gaussian_pld(
