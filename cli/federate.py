@@ -84,6 +84,14 @@ def federate(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print report.json instead of tables.")
     ] = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="Run the clinics on this Ray cluster (the address `ray start --head` prints) "
+            "instead of a Ray started for the run; RAY_ADDRESS is honoured too. The run "
+            "folder must be on a file system every node mounts at the same path.",
+        ),
+    ] = None,
     resume: Annotated[
         Path | None,
         typer.Option(
@@ -100,13 +108,14 @@ def federate(
         out_dir, rounds, done = resumed.out_dir, resumed.rounds, checkpoint.round
 
         def start(on_event: EventCallback) -> SimulatedRunResult:
-            return resume_simulated_federation(checkpoint, resumed, on_event)
+            return resume_simulated_federation(checkpoint, resumed, on_event, ray_address)
     else:
         run = SimulatedRun(
             settings=settings.build(out_dir=new_run_folder(out)),
             source=ClinicSource(clinics, data, state_dir, epsilon_cap=epsilon_cap),
             baselines=baselines,
             declare_sizes=declare_sizes,
+            ray_address=ray_address,
         )
         out_dir, rounds, done = run.settings.out_dir, run.settings.rounds, 0
 

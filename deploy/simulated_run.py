@@ -57,6 +57,8 @@ class SimulatedRun:
     # Each clinic declares its training-set size public (as its operator may): q, steps and
     # δ then derive from it and no DP size estimate is spent.
     declare_sizes: bool = False
+    # A Ray cluster to run the clinics on (``launch_simulation``); None: Ray on this machine.
+    ray_address: str | None = None
 
     @property
     def trains_baselines(self) -> bool:
@@ -109,7 +111,9 @@ def run_simulated_federation(
         raise RunFolderError(
             f"{len(nodes)} clinic(s) found, fewer than min-clinics {settings.min_clinics}"
         )
-    simulation = launch_simulation(nodes, settings.public_dict(), out, on_event)
+    simulation = launch_simulation(
+        nodes, settings.public_dict(), out, on_event, ray_address=run.ray_address
+    )
     report = _run_report(settings, simulation, simulation.rounds)
     model_path = out / GLOBAL_MODEL_FILE
     if simulation.status == "completed" and run.trains_baselines:
@@ -126,7 +130,10 @@ def run_simulated_federation(
 
 
 def resume_simulated_federation(
-    checkpoint: Checkpoint, settings: FederationSettings, on_event: EventCallback | None = None
+    checkpoint: Checkpoint,
+    settings: FederationSettings,
+    on_event: EventCallback | None = None,
+    ray_address: str | None = None,
 ) -> SimulatedRunResult:
     """Continue the simulated run in ``settings.out_dir`` from its ``checkpoint`` (see
     ``oralfed.server.checkpoint.resumed_settings``), with the same clinics. The report
@@ -135,7 +142,9 @@ def resume_simulated_federation(
     if out is None:
         raise RunFolderError("a resumed run needs its run folder (out_dir)")
     nodes = simulated_clinics(out)
-    simulation = launch_simulation(nodes, settings.public_dict(), out, on_event)
+    simulation = launch_simulation(
+        nodes, settings.public_dict(), out, on_event, ray_address=ray_address
+    )
     report = _run_report(settings, simulation, [*checkpoint.history, *simulation.rounds])
     report["resumed_after_round"] = checkpoint.round
     return _finish(report, simulation, out)

@@ -31,6 +31,7 @@ OUTCOME_FILE = "outcome.json"
 LOG_FILE = "federation.log"
 STOP_GRACE_SECONDS = 10.0
 FEDERATION_APP = "federation"
+RAY_ADDRESS_ENV = "RAY_ADDRESS"  # Ray's own: the cluster ray.init() joins
 QUERY_APP = "query"
 
 EventCallback = Callable[[dict[str, Any]], None]
@@ -50,8 +51,13 @@ def launch_simulation(
     out_dir: Path,
     on_event: EventCallback | None = None,
     app: str = FEDERATION_APP,
+    ray_address: str | None = None,
 ) -> SimulationResult:
     """Run the federation in a child process and wait for it; always reaps the process group.
+
+    ``ray_address`` runs the clinics on that Ray cluster (``ray start --head``'s address)
+    instead of a Ray started for the run; without it Ray's own ``RAY_ADDRESS`` is honoured.
+    Only the run's own Ray is stopped with the run; a cluster's stays up.
 
     ``app`` picks the child's ServerApp: the training federation (``settings_json`` is a
     ``FederationSettings.public_dict()``) or one insight query (``QUERY_APP``, a
@@ -63,6 +69,8 @@ def launch_simulation(
     (out_dir / OUTCOME_FILE).unlink(missing_ok=True)  # a resumed run's folder has an old one
     read_fd, write_fd = os.pipe()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_DEDUP_LOGS": "0", "PYTHONUNBUFFERED": "1"}
+    if ray_address:
+        env[RAY_ADDRESS_ENV] = ray_address
     with (out_dir / LOG_FILE).open("ab") as log:
         child = subprocess.Popen(
             [sys.executable, "-m", "oralfed.deploy.simulation", str(out_dir), str(write_fd)],
@@ -172,7 +180,7 @@ def _run_child(out_dir: Path, events_fd: int) -> int:
             num_supernodes=len(clinics),
             backend_config={
                 "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                "init_args": {"num_cpus": max(1, min(len(clinics), os.cpu_count() or 1))},
+                "init_args": _ray_init_args(len(clinics)),
             },
         )
         status = outcomes[0].status if outcomes else "failed"
@@ -187,6 +195,15 @@ def _run_child(out_dir: Path, events_fd: int) -> int:
     emit({"event": "end", "status": status, "message": message})
     events.close()
     return 0 if status == "completed" else 1
+
+
+def _ray_init_args(clinics: int) -> dict[str, Any]:
+    """Join the cluster ``RAY_ADDRESS`` names (Ray refuses a CPU count for a cluster it
+    joins: the cluster's nodes say what they have), else start Ray on this machine's CPUs."""
+    address = os.environ.get(RAY_ADDRESS_ENV)
+    if address:
+        return {"address": address}
+    return {"num_cpus": max(1, min(clinics, os.cpu_count() or 1))}
 
 
 if __name__ == "__main__":

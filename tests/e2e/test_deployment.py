@@ -267,7 +267,7 @@ def test_dead_node_does_not_hang_the_run_and_rejoins(
 ) -> None:
     out = deployment.root / "run2"
     launch = deployment.start(
-        "launch2", *launch_arguments(deployment, out, min_clinics=2, timeout=90)
+        "launch2", *launch_arguments(deployment, out, min_clinics=2, timeout=40)
     )
     wait_for(lambda: "configure_train" in deployment.output("launch2"), 120, "round 1 to start")
     deployment.kill("clinic-03")
@@ -356,7 +356,7 @@ def test_secure_aggregation_survives_a_clinic_killed_after_sharing_its_keys(
     out = deployment.root / "run-secure"
     supernode_log = deployment.root / "state" / "clinic-03" / "supernode.log"
     before = supernode_log.read_text().count("Sent successfully")
-    arguments = launch_arguments(deployment, out, min_clinics=2, timeout=45)
+    arguments = launch_arguments(deployment, out, min_clinics=2, timeout=30)
     launch = deployment.start("launch-secure", *arguments, "--secure-aggregation")
     deadline = time.monotonic() + 240
     # Its SuperNode has sent the setup and key-sharing answers; it then sleeps before it

@@ -1,0 +1,246 @@
+"""A federation of many simulated clinics: what each client-round costs, next to bare Flower.
+
+In one run, on Flower's Simulation Engine (Ray) on this machine:
+
+* **bare Flower**: ``flwr.simulation.run_simulation`` with a trivial ClientApp that sends the
+  model it received straight back, and Flower's FedAvg, on a model of OralFed's size;
+* **OralFed**: ``oralfed federate --clinics N --rounds R`` (DP on, defaults otherwise, no
+  baselines), optionally sampling ``--clinics-per-round``.
+
+For each: wall time of the whole command, the seconds from the federation's start to its
+end (Ray's start included; setup excluded: for OralFed the synthetic files are written and
+validated first), the cost per client-round (federation seconds over clinics asked times
+rounds; OralFed's clinics also evaluate the final model in the last round, bare Flower's do
+not), the peak of the summed RSS of the whole process tree (Ray's daemons and
+workers included; shared pages are counted in every process that maps them, so this is an
+upper bound) and the share of the federation's wall time the coordinator process spent on
+its CPU (the ServerApp and Flower's driver; the clinics run in Ray's worker processes).
+
+    python bench/scale.py [--sizes 100,1000] [--rounds 3] [--per-round 0] [--write-doc]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.benchmarks_doc import machine_description, replace_section  # noqa: E402
+from oralfed.deploy.simulation import OUTCOME_FILE, SPEC_FILE  # noqa: E402
+
+SECTION = "scale"
+SAMPLE_SECONDS = 0.25
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class TreeSample:
+    """What the sampler saw of a process tree: its peak summed RSS, and the CPU seconds
+    of its root process (the coordinator) at the last look."""
+
+    peak_rss_kib: int = 0
+    root_cpu_seconds: float = 0.0
+
+
+def _processes() -> dict[int, tuple[int, float]]:
+    """Every process: its parent and its own CPU seconds (user + system)."""
+    found: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        found[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
+    return found
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return next(
+        (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS")), 0
+    )
+
+
+def watch_tree(root: int, sample: TreeSample, stop: threading.Event) -> None:
+    """Sample the tree under ``root`` until ``stop`` is set."""
+    while not stop.is_set():
+        table = _processes()
+        tree, frontier = {root}, [root]
+        while frontier:
+            parent = frontier.pop()
+            for pid, (ppid, _) in table.items():
+                if ppid == parent and pid not in tree:
+                    tree.add(pid)
+                    frontier.append(pid)
+        if root in table:
+            sample.root_cpu_seconds = table[root][1]
+        sample.peak_rss_kib = max(sample.peak_rss_kib, sum(_rss_kib(pid) for pid in tree))
+        stop.wait(SAMPLE_SECONDS)
+
+
+def measured(
+    command: list[str], env: dict[str, str] | None = None
+) -> tuple[float, TreeSample, str]:
+    """Run ``command``, sampling its process tree; its wall seconds, the sample, stdout."""
+    sample, stop = TreeSample(), threading.Event()
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env
+    )
+    watcher = threading.Thread(target=watch_tree, args=(process.pid, sample, stop), daemon=True)
+    watcher.start()
+    out, err = process.communicate()
+    elapsed = time.perf_counter() - started
+    stop.set()
+    watcher.join()
+    if process.returncode != 0:
+        raise SystemExit(f"{' '.join(command[:6])}... failed:\n{err[-4000:]}")
+    return elapsed, sample, out
+
+
+BARE_APP = """
+import json, sys, time
+from flwr.app import Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import ServerApp
+from flwr.serverapp.strategy import FedAvg
+from flwr.simulation import run_simulation
+from oralfed.schemas.model import build_model
+from oralfed.schemas.model_record import model_record
+
+clients, rounds, per_round = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+client = ClientApp()
+
+@client.train()
+def train(msg, context):
+    metrics = MetricRecord({"num-examples": 1})
+    return Message(RecordDict({"arrays": msg.content["arrays"], "metrics": metrics}), reply_to=msg)
+
+server = ServerApp()
+
+@server.main()
+def main(grid, context):
+    share = per_round / clients if per_round else 1.0
+    strategy = FedAvg(fraction_train=share, fraction_evaluate=0.0, min_available_nodes=clients)
+    strategy.start(grid=grid, initial_arrays=model_record(build_model()), num_rounds=rounds)
+
+started = time.perf_counter()
+run_simulation(server_app=server, client_app=client, num_supernodes=clients,
+               backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
+print(json.dumps({"federation_seconds": time.perf_counter() - started}))
+"""
+
+
+def bare_flower(clients: int, rounds: int, per_round: int) -> dict[str, Any]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_DEDUP_LOGS": "0"}
+    wall, sample, out = measured(
+        [sys.executable, "-c", BARE_APP, str(clients), str(rounds), str(per_round)], env
+    )
+    timing = next(line for line in out.splitlines() if line.startswith('{"federation_seconds"'))
+    federation = json.loads(timing)["federation_seconds"]
+    asked = per_round or clients
+    return _row("bare Flower (trivial client)", clients, rounds, asked, wall, federation, sample)
+
+
+def oralfed(clients: int, rounds: int, per_round: int, folder: Path) -> dict[str, Any]:
+    out = folder / f"oralfed-{clients}"
+    command = [sys.executable, "-m", "oralfed.cli", "federate", "--json", "--no-baselines"]
+    command += ["--clinics", str(clients), "--rounds", str(rounds), "--out", str(out)]
+    command += ["--clinics-per-round", str(per_round)] if per_round else []
+    wall, sample, _ = measured(command)
+    report = json.loads((out / "report.json").read_text())
+    if report["status"] != "completed":
+        raise SystemExit(f"oralfed at {clients} clinics: {report['status']}: {report['message']}")
+    # The simulation child is launched once the spec is written and writes its outcome last.
+    federation = (out / OUTCOME_FILE).stat().st_mtime - (out / SPEC_FILE).stat().st_mtime
+    asked = per_round or clients
+    return _row("OralFed (DP-SGD, ledgers)", clients, rounds, asked, wall, federation, sample)
+
+
+def _row(
+    variant: str,
+    clients: int,
+    rounds: int,
+    asked: int,
+    wall: float,
+    federation: float,
+    sample: TreeSample,
+) -> dict[str, Any]:
+    client_rounds = asked * rounds
+    return {
+        "variant": variant,
+        "clients": clients,
+        "rounds": rounds,
+        "asked_per_round": asked,
+        "client_rounds": client_rounds,
+        "wall_seconds": round(wall, 1),
+        "federation_seconds": round(federation, 1),
+        "ms_per_client_round": round(1000 * federation / client_rounds, 1),
+        "peak_rss_gib": round(sample.peak_rss_kib / 2**20, 2),
+        "coordinator_cpu_share": round(min(sample.root_cpu_seconds, wall) / wall, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="100,1000", help="Clinic counts, comma-separated.")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--per-round", type=int, default=0, help="Sampled per round (0: all).")
+    parser.add_argument("--bare-only-up-to", type=int, default=1000)
+    parser.add_argument("--oralfed-only-up-to", type=int, default=10_000)
+    parser.add_argument("--write-doc", action="store_true")
+    arguments = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="oralfed-scale-") as tmp:
+        for size in (int(s) for s in arguments.sizes.split(",")):
+            per_round = min(arguments.per_round, size)
+            if size <= arguments.bare_only_up_to:
+                rows.append(bare_flower(size, arguments.rounds, per_round))
+                print(json.dumps(rows[-1]), flush=True)
+            if size <= arguments.oralfed_only_up_to:
+                rows.append(oralfed(size, arguments.rounds, per_round, Path(tmp)))
+                print(json.dumps(rows[-1]), flush=True)
+    if arguments.write_doc:
+        replace_section(SECTION, _section(rows, arguments))
+
+
+def _section(rows: list[dict[str, Any]], arguments: argparse.Namespace) -> str:
+    command = f"python bench/scale.py --sizes {arguments.sizes} --rounds {arguments.rounds}"
+    command += f" --per-round {arguments.per_round}" if arguments.per_round else ""
+    lines = [
+        "## Scale: many simulated clinics (bench/scale.py)",
+        "",
+        f"Machine: {machine_description()}. Command: `{command} --write-doc` (one run).",
+        "",
+        "| variant | clinics | asked per round | client-rounds | wall (s) | federation (s) | "
+        "ms per client-round | peak RSS of the tree (GiB) | coordinator CPU share |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['variant']} | {row['clients']} | {row['asked_per_round']} | "
+            f"{row['client_rounds']} | {row['wall_seconds']} | {row['federation_seconds']} | "
+            f"{row['ms_per_client_round']} | {row['peak_rss_gib']} | "
+            f"{row['coordinator_cpu_share']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
