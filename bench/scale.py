@@ -13,8 +13,9 @@ validated first), the cost per client-round (federation seconds over clinics ask
 rounds; OralFed's clinics also evaluate the final model in the last round, bare Flower's do
 not), the peak of the summed RSS of the whole process tree (Ray's daemons and
 workers included; shared pages are counted in every process that maps them, so this is an
-upper bound) and the share of the federation's wall time the coordinator process spent on
-its CPU (the ServerApp and Flower's driver; the clinics run in Ray's worker processes).
+upper bound) and the share of the federation's seconds the coordinator process spent on
+its CPU (the process running the ServerApp and Flower's driver; the clinics run in Ray's
+worker processes).
 
     python bench/scale.py [--sizes 100,1000] [--rounds 3] [--per-round 0] [--write-doc]
 """
@@ -46,11 +47,13 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 @dataclass
 class TreeSample:
-    """What the sampler saw of a process tree: its peak summed RSS, and the CPU seconds
-    of its root process (the coordinator) at the last look."""
+    """What the sampler saw of a process tree: its peak summed RSS, and the CPU seconds of
+    its coordinator process (the one whose command line holds ``coordinator``; the root
+    when that is empty) at the last look."""
 
+    coordinator: str = ""
     peak_rss_kib: int = 0
-    root_cpu_seconds: float = 0.0
+    coordinator_cpu_seconds: float = 0.0
 
 
 def _processes() -> dict[int, tuple[int, float]]:
@@ -77,6 +80,15 @@ def _rss_kib(pid: int) -> int:
     )
 
 
+def _is_coordinator(pid: int, root: int, marker: str) -> bool:
+    if not marker:
+        return pid == root
+    try:
+        return marker in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+
+
 def watch_tree(root: int, sample: TreeSample, stop: threading.Event) -> None:
     """Sample the tree under ``root`` until ``stop`` is set."""
     while not stop.is_set():
@@ -88,8 +100,9 @@ def watch_tree(root: int, sample: TreeSample, stop: threading.Event) -> None:
                 if ppid == parent and pid not in tree:
                     tree.add(pid)
                     frontier.append(pid)
-        if root in table:
-            sample.root_cpu_seconds = table[root][1]
+        for pid in tree:
+            if pid in table and _is_coordinator(pid, root, sample.coordinator):
+                sample.coordinator_cpu_seconds = table[pid][1]
         sample.peak_rss_kib = max(sample.peak_rss_kib, sum(_rss_kib(pid) for pid in tree))
         stop.wait(SAMPLE_SECONDS)
 
@@ -150,7 +163,7 @@ print(json.dumps({"federation_seconds": time.perf_counter() - started}))
 def bare_flower(clients: int, rounds: int, per_round: int) -> dict[str, Any]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_DEDUP_LOGS": "0"}
     wall, sample, out = measured(
-        [sys.executable, "-c", BARE_APP, str(clients), str(rounds), str(per_round)], env
+        [sys.executable, "-c", BARE_APP, str(clients), str(rounds), str(per_round)], env=env
     )
     timing = next(line for line in out.splitlines() if line.startswith('{"federation_seconds"'))
     federation = json.loads(timing)["federation_seconds"]
@@ -163,7 +176,7 @@ def oralfed(clients: int, rounds: int, per_round: int, folder: Path) -> dict[str
     command = [sys.executable, "-m", "oralfed.cli", "federate", "--json", "--no-baselines"]
     command += ["--clinics", str(clients), "--rounds", str(rounds), "--out", str(out)]
     command += ["--clinics-per-round", str(per_round)] if per_round else []
-    wall, sample, _ = measured(command)
+    wall, sample, _ = measured(command, coordinator="oralfed.deploy.simulation")
     report = json.loads((out / "report.json").read_text())
     if report["status"] != "completed":
         raise SystemExit(f"oralfed at {clients} clinics: {report['status']}: {report['message']}")
@@ -193,7 +206,9 @@ def _row(
         "federation_seconds": round(federation, 1),
         "ms_per_client_round": round(1000 * federation / client_rounds, 1),
         "peak_rss_gib": round(sample.peak_rss_kib / 2**20, 2),
-        "coordinator_cpu_share": round(min(sample.root_cpu_seconds, wall) / wall, 2),
+        "coordinator_cpu_share": round(
+            min(sample.coordinator_cpu_seconds, federation) / federation, 2
+        ),
     }
 
 
@@ -229,16 +244,33 @@ def _section(rows: list[dict[str, Any]], arguments: argparse.Namespace) -> str:
         f"Machine: {machine_description()}. Command: `{command} --write-doc` (one run).",
         "",
         "| variant | clinics | asked per round | client-rounds | wall (s) | federation (s) | "
-        "ms per client-round | peak RSS of the tree (GiB) | coordinator CPU share |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "ms per client-round | ratio to bare Flower | peak RSS of the tree (GiB) | coordinator CPU "
+        "share |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    bare = {row["clients"]: row for row in rows if row["variant"].startswith("bare")}
     for row in rows:
+        baseline = bare.get(row["clients"])
+        ratio = row["ms_per_client_round"] / baseline["ms_per_client_round"] if baseline else None
         lines.append(
             f"| {row['variant']} | {row['clients']} | {row['asked_per_round']} | "
             f"{row['client_rounds']} | {row['wall_seconds']} | {row['federation_seconds']} | "
-            f"{row['ms_per_client_round']} | {row['peak_rss_gib']} | "
-            f"{row['coordinator_cpu_share']} |"
+            f"{row['ms_per_client_round']} | {'-' if ratio is None else f'{ratio:.1f}'} | "
+            f"{row['peak_rss_gib']} | {row['coordinator_cpu_share']} |"
         )
+    ours = [row for row in rows if not row["variant"].startswith("bare")]
+    if ours:
+        largest = max(ours, key=lambda row: row["clients"])
+        setup = (largest["wall_seconds"] - largest["federation_seconds"]) / largest["clients"]
+        rounds_minutes = largest["ms_per_client_round"] * 30_000 / 60_000
+        lines += [
+            "",
+            f"Projected from the {largest['clients']}-clinic row, 10,000 clinics by 3 rounds "
+            f"with every clinic asked would take about {rounds_minutes:.0f} min of rounds and "
+            f"{setup * 10_000 / 60:.0f} min of setup (writing and validating the synthetic "
+            "files), against the target of 20 min. What bounds a client-round is in "
+            "docs/scale.md.",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -86,7 +86,12 @@ def load_clinic_data(clinic_id: str, path: Path, task: Task = Task.UNTREATED_CAR
 
 @lru_cache(maxsize=16)
 def _load_cached(clinic_id: str, path: Path, _size: int, _mtime_ns: int, task: Task) -> ClinicData:
-    result = import_file(path)
+    return clinic_data(clinic_id, import_file(path), task)
+
+
+def clinic_data(clinic_id: str, result: ImportResult, task: Task) -> ClinicData:
+    """The encoded train/test split of an imported file (refused if nothing is usable)."""
+    path = result.path
     records = training_records(result, task)
     if not records:
         # No row counts in the message: a refusal carrying it leaves the clinic.

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from oralfed.client.data import ClinicData, load_clinic_data, training_records
+from oralfed.client.data import clinic_data, training_records
 from oralfed.deploy.baselines import BaselineComparison, add_comparison, compare_with_baselines
 from oralfed.deploy.clinic_sources import ClinicSource, Notify, clinic_nodes
 from oralfed.deploy.errors import RunFolderError
@@ -24,6 +24,7 @@ from oralfed.deploy.simulation import (
     launch_simulation,
     simulated_clinics,
 )
+from oralfed.schemas.features import Task
 from oralfed.schemas.files import write_json_atomically
 from oralfed.schemas.importer import ImportResult, import_file, write_quarantine
 from oralfed.schemas.model import load_model
@@ -101,12 +102,12 @@ def run_simulated_federation(
     checked = [_check_clinic_file(node, settings) for node in nodes]  # refuses before writing
     if run.declare_sizes:
         nodes = [
-            replace(node, public_size=data.n_train)
-            for node, (_, data) in zip(nodes, checked, strict=True)
+            replace(node, public_size=clinic.n_train)
+            for node, clinic in zip(nodes, checked, strict=True)
         ]
     out.mkdir(parents=True, exist_ok=True)
-    for result, _ in checked:
-        _report_import(result, out, settings, notify)
+    for clinic in checked:
+        _report_import(clinic, out, settings.task, notify)
     if len(nodes) < settings.min_clinics:
         raise RunFolderError(
             f"{len(nodes)} clinic(s) found, fewer than min-clinics {settings.min_clinics}"
@@ -186,19 +187,33 @@ def _keep_apart(comparison: BaselineComparison, report: dict[str, Any], out: Pat
     return f"non-private; kept apart in {path} (do not share)"
 
 
-def _check_clinic_file(
-    node: ClinicNode, settings: FederationSettings
-) -> tuple[ImportResult, ClinicData]:
+@dataclass(frozen=True)
+class _CheckedFile:
+    """What the run keeps of a clinic file it validated: its rejected rows (for the
+    quarantine file) and counts, never its records, so that checking thousands of clinics
+    up front holds one clinic's records at a time."""
+
+    rejected: ImportResult  # the import without its accepted records
+    rows_accepted: int
+    usable: int  # research-tier rows with a label for the task
+    n_train: int
+
+
+def _check_clinic_file(node: ClinicNode, settings: FederationSettings) -> _CheckedFile:
     """Validate a clinic's file up front, so bad input is reported before any round starts."""
     result = import_file(node.data_path)
-    data = load_clinic_data(node.clinic_id, node.data_path, settings.task)  # refuses unusable
-    return result, data
+    data = clinic_data(node.clinic_id, result, settings.task)  # refuses an unusable file
+    return _CheckedFile(
+        rejected=replace(result, accepted=[]),
+        rows_accepted=result.rows_accepted,
+        usable=len(training_records(result, settings.task)),
+        n_train=data.n_train,
+    )
 
 
-def _report_import(
-    result: ImportResult, out: Path, settings: FederationSettings, notify: Notify
-) -> None:
+def _report_import(clinic: _CheckedFile, out: Path, task: Task, notify: Notify) -> None:
     """One line per clinic; rejected rows go to the run's quarantine folder with reasons."""
+    result = clinic.rejected
     path = result.path
     if result.rejected:
         quarantine = write_quarantine(result, out / "quarantine" / f"{path.stem}.quarantine.csv")
@@ -206,8 +221,7 @@ def _report_import(
             f"[yellow]{path}: {result.rows_rejected} of {result.rows_read} rows rejected[/] "
             f"(reasons in {quarantine})"
         )
-    usable = len(training_records(result, settings.task))
     notify(
-        f"{path.stem}: {result.rows_accepted} rows accepted, "
-        f"{usable} research-tier rows for {settings.task.value}"
+        f"{path.stem}: {clinic.rows_accepted} rows accepted, "
+        f"{clinic.usable} research-tier rows for {task.value}"
     )
