@@ -7,8 +7,11 @@ import subprocess
 import sys
 
 import dp_accounting
+import numpy as np
 import pytest
 from dp_accounting.pld import privacy_loss_distribution
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opacus.accountants import PRVAccountant
 
 from oralfed.privacy.accountants import (
@@ -20,6 +23,7 @@ from oralfed.privacy.accountants import (
     UnsupportedEvent,
     get_accountant,
 )
+from oralfed.privacy.accountants.gaussian_loss import subsampled_gaussian_distribution
 from oralfed.privacy.accountants.pld import discrete_gaussian_pld
 from oralfed.privacy.calibration import default_delta, dpsgd_epsilon, noise_multiplier_for_epsilon
 from oralfed.privacy.events import (
@@ -141,6 +145,30 @@ def test_prv_refuses_laplace() -> None:
 
 
 # --- discrete events ----------------------------------------------------------------------------
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    sigma=st.floats(0.5, 6.0),
+    sample_rate=st.one_of(st.floats(0.001, 0.999), st.just(1.0)),
+    interval=st.sampled_from([1e-4, 1e-3]),
+)
+def test_the_vectorised_gaussian_step_is_dp_accountings_bit_for_bit(
+    sigma: float, sample_rate: float, interval: float
+) -> None:
+    ours = subsampled_gaussian_distribution(sigma, sample_rate, interval)
+    theirs = privacy_loss_distribution.from_gaussian_mechanism(
+        standard_deviation=sigma, sampling_prob=sample_rate, value_discretization_interval=interval
+    )
+    for mine, reference in (
+        (ours._pmf_remove, theirs._pmf_remove),
+        (ours._pmf_add, theirs._pmf_add),
+    ):
+        assert type(mine) is type(reference)  # dense, or sparse for a narrow loss range
+        mine, reference = mine.to_dense_pmf(), reference.to_dense_pmf()
+        assert mine._lower_loss == reference._lower_loss
+        assert mine._infinity_mass == reference._infinity_mass
+        assert np.array_equal(mine._probs, reference._probs)
 
 
 @pytest.mark.parametrize(("sigma", "sensitivity"), [(0.5, 1), (3.0, 1), (2.0, 3), (200.0, 100)])
