@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from oralfed.client.data import clinic_data, training_records
+from oralfed.client.data import clinic_data
 from oralfed.deploy.baselines import BaselineComparison, add_comparison, compare_with_baselines
 from oralfed.deploy.clinic_sources import ClinicSource, Notify, clinic_nodes
 from oralfed.deploy.errors import RunFolderError
@@ -206,7 +206,7 @@ def _check_clinic_file(node: ClinicNode, settings: FederationSettings) -> _Check
     return _CheckedFile(
         rejected=replace(result, accepted=[]),
         rows_accepted=result.rows_accepted,
-        usable=len(training_records(result, settings.task)),
+        usable=data.n_train + data.n_test,  # the training records, split
         n_train=data.n_train,
     )
 
