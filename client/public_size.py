@@ -29,7 +29,9 @@ from oralfed.schemas.node_config import ClinicNode
 
 __all__ = [
     "SIZE_ESTIMATE_EPSILON",
+    "SIZE_GRID_BITS",
     "PublicSize",
+    "on_size_grid",
     "public_size",
     "size_estimate_event",
 ]
@@ -37,6 +39,7 @@ __all__ = [
 SIZE_ESTIMATE_EPSILON = 0.05  # a count is ±20 rows or so: plenty to set q and steps by
 SIZE_ESTIMATES_FILE = "public-sizes.json"
 MIN_PUBLIC_SIZE = 1
+SIZE_GRID_BITS = 6  # an estimate keeps its 6 leading binary digits: 1/32 below it at most
 
 
 @dataclass(frozen=True)
@@ -72,9 +75,16 @@ def public_size(
         note=f"size estimate of the {data.task.value} training set",
     )  # durable before the estimate exists; raises BudgetExceeded past the cap
     [noisy] = discrete_laplace([data.n_train], scale=size_estimate_event().noise_multiplier)
-    estimate = max(MIN_PUBLIC_SIZE, int(noisy))
+    estimate = on_size_grid(max(MIN_PUBLIC_SIZE, int(noisy)))
     write_json_atomically(store, {**known, key: estimate})
     return PublicSize(estimate, "estimate")
+
+
+def on_size_grid(count: int) -> int:
+    """``count`` rounded down to its :data:`SIZE_GRID_BITS` leading binary digits: unchanged
+    below 64, then in steps of 1, 2, 4, ... rows per 32 (e.g. 1,000 and 1,007 both give 992)."""
+    dropped = max(0, count.bit_length() - SIZE_GRID_BITS)
+    return (count >> dropped) << dropped
 
 
 def _read(store: Path) -> dict[str, int]:

@@ -13,7 +13,6 @@ import math
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,7 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset, default_collate
 
 from oralfed.client.secure_random import DpRandom
 from oralfed.privacy.accountants import DEFAULT_ACCOUNTANT
-from oralfed.privacy.calibration import CalibrationCache, noise_multiplier_for_epsilon
+from oralfed.privacy.calibration import CalibrationCache, calibrated_noise_multiplier
 from oralfed.privacy.events import DpSgdEvent, PrivacyEvent
 from oralfed.schemas.errors import ExitCode, OralFedError
 
@@ -140,25 +139,11 @@ def _calibrated_noise(
             return cache.noise_multiplier(
                 target_epsilon, sample_rate, run_steps, delta, accountant, other_events
             )
-        return _calibrated_in_memory(
+        return calibrated_noise_multiplier(
             target_epsilon, sample_rate, run_steps, delta, accountant, other_events
         )
     except ValueError as error:  # e.g. a target no finite noise reaches
         raise TrainingConfigError(str(error)) from None
-
-
-@lru_cache(maxsize=64)
-def _calibrated_in_memory(
-    target_epsilon: float,
-    sample_rate: float,
-    steps: int,
-    delta: float,
-    accountant: str,
-    other_events: tuple[PrivacyEvent, ...],
-) -> float:
-    return noise_multiplier_for_epsilon(
-        target_epsilon, sample_rate, steps, delta, accountant, other_events=other_events
-    )
 
 
 def train_dp_opacus(

@@ -6,6 +6,7 @@ calibrated here for a target ε is exactly what the ledger will charge for that 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -26,6 +27,7 @@ from oralfed.schemas.files import write_text_atomically
 __all__ = [
     "UNKNOWN_SIZE_DELTA",
     "CalibrationCache",
+    "calibrated_noise_multiplier",
     "default_delta",
     "dpsgd_epsilon",
     "noise_multiplier_for_epsilon",
@@ -100,6 +102,25 @@ def noise_multiplier_for_epsilon(
         plan,
         start=screened,
         factor=_CONFIRMING_FACTOR,
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def calibrated_noise_multiplier(
+    target_epsilon: float,
+    sample_rate: float,
+    steps: int,
+    delta: float,
+    accountant: str = DEFAULT_ACCOUNTANT,
+    other_events: tuple[PrivacyEvent, ...] = (),
+) -> float:
+    """:func:`noise_multiplier_for_epsilon` at its default tolerance, remembered by the
+    process: a pure function of its arguments, all of them public parameters, so a process
+    serving many clinics (a simulated federation) bisects once for every clinic whose plan
+    is the same (``oralfed.client.public_size.on_size_grid`` makes that common), instead of
+    once per clinic."""
+    return noise_multiplier_for_epsilon(
+        target_epsilon, sample_rate, steps, delta, accountant, other_events=other_events
     )
 
 
@@ -205,8 +226,8 @@ class CalibrationCache:
             )
             if epsilon <= target_epsilon:
                 return float(cached)
-        sigma = noise_multiplier_for_epsilon(
-            target_epsilon, sample_rate, steps, delta, accountant, other_events=other_events
+        sigma = calibrated_noise_multiplier(
+            target_epsilon, sample_rate, steps, delta, accountant, tuple(other_events)
         )
         with suppress(OSError):
             write_text_atomically(self.path, json.dumps({**entries, key: sigma}, indent=1))

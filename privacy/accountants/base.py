@@ -11,6 +11,9 @@ ClientApp asks for the ε of one history several times per message (the budget s
 charge's recomputation under its lock, the run's bound); a PLD composition takes about a
 second on these machines. Nothing is written anywhere: a process forked from one that
 composed a history (the clinic runtime's template) inherits the memo, any other starts empty.
+A Ray worker of a simulated federation serves thousands of clinics, whose histories repeat
+wherever their sizes share a point of the size grid: the memo keeps 4,096 of them (a float
+each, keyed by a few events).
 """
 
 from __future__ import annotations
@@ -87,7 +90,7 @@ class Accountant(ABC):
         return _composed_epsilon(type(self), tuple(events), delta)
 
 
-@functools.lru_cache(maxsize=128)
+@functools.lru_cache(maxsize=4096)
 def _composed_epsilon(
     accountant: type[Accountant], events: tuple[PrivacyEvent, ...], delta: float
 ) -> float:

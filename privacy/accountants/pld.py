@@ -91,12 +91,14 @@ def _gaussian_step(
     return subsampled_gaussian_distribution(noise_multiplier, sample_rate, interval)
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=128)
 def subsampled_gaussian_pld(noise_multiplier: float, sample_rate: float) -> PrivacyLossDistribution:
     """:func:`_gaussian_step`, remembered: building it is most of a composition's cost
     (0.05 s here) and the same (σ, q) recurs in every history of a run: the ledger's budget,
     its charge and the run's bound each compose one. The PLD is immutable and a pure
-    function of its arguments; a process keeps the last few."""
+    function of its arguments; a process keeps the last 128 (a few hundred kB each), enough
+    for the sizes on the grid a simulated federation's clinics share
+    (``oralfed.client.public_size.on_size_grid``)."""
     return _gaussian_step(noise_multiplier, sample_rate, _DISCRETIZATION)
 
 

@@ -37,3 +37,25 @@ def test_an_unreadable_cache_is_recomputed(tmp_path: Path) -> None:
     path.write_text("{not json")
     assert CalibrationCache(path).noise_multiplier(*PLAN) == noise_multiplier_for_epsilon(*PLAN)
     assert path.read_text().startswith("{\n")
+
+
+def test_a_second_clinic_with_the_same_plan_gets_the_same_sigma_without_a_search(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Clinics of one process share no state, only the answers of a pure function: each
+    keeps its own file, and the second one's σ is what a fresh calibration gives."""
+    plan = (2.5, 0.04, 150, 1e-5)
+    first = CalibrationCache(tmp_path / "clinic-a.json").noise_multiplier(*plan)
+
+    def refuse(*_: object, **__: object) -> float:
+        raise AssertionError("bisected again for a plan this process has calibrated")
+
+    monkeypatch.setattr(calibration, "noise_multiplier_for_epsilon", refuse)
+    second_file = tmp_path / "clinic-b.json"
+    assert CalibrationCache(second_file).noise_multiplier(*plan) == first
+    assert second_file.exists()
+    with pytest.raises(AssertionError):  # another plan is searched for
+        CalibrationCache(second_file).noise_multiplier(2.5, 0.04, 151, 1e-5)
+    monkeypatch.undo()
+    calibration.calibrated_noise_multiplier.cache_clear()
+    assert noise_multiplier_for_epsilon(*plan) == first
