@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from oralfed.deploy.errors import RunFolderError
+from oralfed.deploy.parallel import map_over_cores
 from oralfed.schemas.contract import PATIENT_REF_PATTERN
 from oralfed.schemas.node_config import DEFAULT_EPSILON_CAP, ClinicNode
 from oralfed.schemas.settings import DEFAULT_SEED
@@ -61,7 +62,9 @@ def clinic_nodes(
     """The clinic nodes to ask; synthetic clinics are first written to ``<folder>/data``."""
     folder = folder.resolve()
     if source.data is None:
-        files = write_federation(folder / "data", source.clinics, source.seed)
+        files = write_federation(
+            folder / "data", source.clinics, source.seed, map_each=map_over_cores
+        )
         notify(f"Synthesized {len(files)} clinics in {folder / 'data'} (seed {source.seed})")
         state_root = source.state_dir or folder / "state"
     else:

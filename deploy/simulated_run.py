@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from oralfed.client.data import clinic_data
 from oralfed.deploy.baselines import BaselineComparison, add_comparison, compare_with_baselines
 from oralfed.deploy.clinic_sources import ClinicSource, Notify, clinic_nodes
 from oralfed.deploy.errors import RunFolderError
+from oralfed.deploy.parallel import map_over_cores
 from oralfed.deploy.simulation import (
     EventCallback,
     SimulationResult,
@@ -99,7 +101,8 @@ def run_simulated_federation(
         raise RunFolderError(f"epsilon cap must be positive, got {run.source.epsilon_cap}")
     out = settings.out_dir
     nodes = clinic_nodes(replace(run.source, seed=settings.seed), out, notify)
-    checked = [_check_clinic_file(node, settings) for node in nodes]  # refuses before writing
+    # Refuses before writing; one clinic per call, spread over the cores for large runs.
+    checked = list(map_over_cores(partial(_check_clinic_file, settings=settings), nodes))
     if run.declare_sizes:
         nodes = [
             replace(node, public_size=clinic.n_train)

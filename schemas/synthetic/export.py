@@ -8,8 +8,9 @@ them: whole or not at all, so a clinic process watching the folder never reads h
 from __future__ import annotations
 
 import csv
+import functools
 import io
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -64,25 +65,41 @@ def synthesize_clinic(
     return rows
 
 
+# ``map``, or one that spreads the calls over processes: each clinic's file is its own work.
+MapEach = Callable[[Callable[[ClinicProfile], Path], Iterable[ClinicProfile]], Iterator[Path]]
+
+
 def write_federation(
-    out_dir: Path, n_clinics: int, seed: int, bad_row_fraction: float = 0.0
+    out_dir: Path,
+    n_clinics: int,
+    seed: int,
+    bad_row_fraction: float = 0.0,
+    map_each: MapEach = map,
 ) -> list[Path]:
     """Write ``clinic-01.csv`` ... into ``out_dir`` and return their paths.
 
     Each file is written to a temporary file in the same directory and renamed into place
     (``os.replace``), so a clinic process watching the folder never reads half a file. All
-    arguments are checked first: a refused call leaves ``out_dir`` as it was.
+    arguments are checked first: a refused call leaves ``out_dir`` as it was. A clinic's
+    rows depend on its profile and the seed only, so ``map_each`` may write them in any
+    order, in other processes (``oralfed.deploy.parallel``), with the same files as a result.
     """
     check_n_clinics(n_clinics)
     check_seed(seed)
     check_fraction(bad_row_fraction)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for profile in clinic_profiles(n_clinics, seed):
-        rows = synthesize_clinic(profile, seed, bad_row_fraction)
-        paths.append(write_csv_atomically(out_dir / f"{profile.clinic_id}.csv", rows))
-    return paths
+    write = functools.partial(
+        _write_clinic, out_dir=out_dir, seed=seed, bad_row_fraction=bad_row_fraction
+    )
+    return list(map_each(write, clinic_profiles(n_clinics, seed)))
+
+
+def _write_clinic(
+    profile: ClinicProfile, *, out_dir: Path, seed: int, bad_row_fraction: float
+) -> Path:
+    rows = synthesize_clinic(profile, seed, bad_row_fraction)
+    return write_csv_atomically(out_dir / f"{profile.clinic_id}.csv", rows)
 
 
 def write_csv_atomically(destination: Path, rows: Iterable[Mapping[str, str]]) -> Path:
