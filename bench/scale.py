@@ -17,7 +17,11 @@ upper bound) and the share of the federation's seconds the coordinator process s
 its CPU (the process running the ServerApp and Flower's driver; the clinics run in Ray's
 worker processes).
 
-    python bench/scale.py [--sizes 100,1000] [--rounds 3] [--per-round 0] [--write-doc]
+    python bench/scale.py [--sizes 100,1000,1000/100] [--rounds 3] [--write-doc]
+
+A size ``N/K`` asks K of the N clinics each round (``--clinics-per-round K``); a bare ``N``
+asks all of them. A row's ratio is to bare Flower asking as many clients per round out of
+as many (out of the largest fewer, when bare Flower was not run at that size: say so).
 """
 
 from __future__ import annotations
@@ -172,7 +176,7 @@ def bare_flower(clients: int, rounds: int, per_round: int) -> dict[str, Any]:
 
 
 def oralfed(clients: int, rounds: int, per_round: int, folder: Path) -> dict[str, Any]:
-    out = folder / f"oralfed-{clients}"
+    out = folder / f"oralfed-{clients}-{per_round or clients}"
     command = [sys.executable, "-m", "oralfed.cli", "federate", "--json", "--no-baselines"]
     command += ["--clinics", str(clients), "--rounds", str(rounds), "--out", str(out)]
     command += ["--clinics-per-round", str(per_round)] if per_round else []
@@ -214,17 +218,17 @@ def _row(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="100,1000", help="Clinic counts, comma-separated.")
+    parser.add_argument(
+        "--sizes", default="100,1000", help="Clinic counts, comma-separated; N/K asks K a round."
+    )
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--per-round", type=int, default=0, help="Sampled per round (0: all).")
     parser.add_argument("--bare-only-up-to", type=int, default=1000)
     parser.add_argument("--oralfed-only-up-to", type=int, default=10_000)
     parser.add_argument("--write-doc", action="store_true")
     arguments = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="oralfed-scale-") as tmp:
-        for size in (int(s) for s in arguments.sizes.split(",")):
-            per_round = min(arguments.per_round, size)
+        for size, per_round in (_size(entry) for entry in arguments.sizes.split(",")):
             if size <= arguments.bare_only_up_to:
                 rows.append(bare_flower(size, arguments.rounds, per_round))
                 print(json.dumps(rows[-1]), flush=True)
@@ -235,9 +239,21 @@ def main() -> None:
         replace_section(SECTION, _section(rows, arguments))
 
 
+def _size(entry: str) -> tuple[int, int]:
+    """``N`` or ``N/K``: the clinics, and how many a round asks (0: all)."""
+    clinics, _, per_round = entry.partition("/")
+    return int(clinics), min(int(per_round or 0), int(clinics))
+
+
+def _baseline(row: dict[str, Any], bare: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Bare Flower's row asking as many per round, at the same size or the largest below."""
+    same = [b for b in bare if b["asked_per_round"] == row["asked_per_round"]]
+    below = [b for b in same if b["clients"] <= row["clients"]]
+    return max(below, key=lambda b: b["clients"]) if below else None
+
+
 def _section(rows: list[dict[str, Any]], arguments: argparse.Namespace) -> str:
     command = f"python bench/scale.py --sizes {arguments.sizes} --rounds {arguments.rounds}"
-    command += f" --per-round {arguments.per_round}" if arguments.per_round else ""
     lines = [
         "## Scale: many simulated clinics (bench/scale.py)",
         "",
@@ -248,24 +264,32 @@ def _section(rows: list[dict[str, Any]], arguments: argparse.Namespace) -> str:
         "share |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    bare = {row["clients"]: row for row in rows if row["variant"].startswith("bare")}
+    bare = [row for row in rows if row["variant"].startswith("bare")]
     for row in rows:
-        baseline = bare.get(row["clients"])
-        ratio = row["ms_per_client_round"] / baseline["ms_per_client_round"] if baseline else None
+        baseline = _baseline(row, bare)
+        ratio = "-"
+        if baseline is not None:
+            ratio = f"{row['ms_per_client_round'] / baseline['ms_per_client_round']:.1f}"
+            ratio += "" if baseline["clients"] == row["clients"] else f" (to {baseline['clients']})"
         lines.append(
             f"| {row['variant']} | {row['clients']} | {row['asked_per_round']} | "
             f"{row['client_rounds']} | {row['wall_seconds']} | {row['federation_seconds']} | "
-            f"{row['ms_per_client_round']} | {'-' if ratio is None else f'{ratio:.1f}'} | "
+            f"{row['ms_per_client_round']} | {ratio} | "
             f"{row['peak_rss_gib']} | {row['coordinator_cpu_share']} |"
         )
     ours = [row for row in rows if not row["variant"].startswith("bare")]
     if ours:
-        largest = max(ours, key=lambda row: row["clients"])
-        setup = (largest["wall_seconds"] - largest["federation_seconds"]) / largest["clients"]
-        rounds_minutes = largest["ms_per_client_round"] * 30_000 / 60_000
+        # Rounds from the largest run asking every clinic (a sampled one meets fresh clinics
+        # more often); set-up per clinic from the largest run.
+        asked_all = [row for row in ours if row["asked_per_round"] == row["clients"]] or ours
+        full = max(asked_all, key=lambda row: row["clients"])
+        biggest = max(ours, key=lambda row: row["clients"])
+        setup = (biggest["wall_seconds"] - biggest["federation_seconds"]) / biggest["clients"]
+        rounds_minutes = full["ms_per_client_round"] * 30_000 / 60_000
         lines += [
             "",
-            f"Projected from the {largest['clients']}-clinic row, 10,000 clinics by 3 rounds "
+            f"Projected from the {full['clients']}-clinic row (asked {full['asked_per_round']} a "
+            f"round) and the {biggest['clients']}-clinic row's set-up, 10,000 clinics by 3 rounds "
             f"with every clinic asked would take about {rounds_minutes:.0f} min of rounds and "
             f"{setup * 10_000 / 60:.0f} min of setup (writing and validating the synthetic "
             "files), against the target of 20 min. What bounds a client-round is in "

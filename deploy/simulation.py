@@ -144,11 +144,13 @@ def _run_child(out_dir: Path, events_fd: int) -> int:
     from flwr.simulation import run_simulation
 
     from oralfed.client.app import make_client_app
+    from oralfed.deploy.simulation_delivery import use_one_pass_delivery
     from oralfed.schemas.settings import FederationSettings
     from oralfed.server.app import make_server_app
     from oralfed.server.insights import QuerySettings, make_query_server_app
 
     torch.set_num_threads(1)
+    use_one_pass_delivery()  # Flower's poll walks every node's messages for every node
     logging.getLogger("flwr").setLevel(logging.INFO)
     spec = json.loads((out_dir / SPEC_FILE).read_text())
     clinics = simulated_clinics(out_dir)
