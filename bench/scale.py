@@ -295,11 +295,13 @@ def _section(rows: list[dict[str, Any]], arguments: argparse.Namespace) -> str:
             "files), against the target of 20 min. What bounds a client-round is in "
             "docs/scale.md.",
             "",
-            "Reading the rows: a federation that samples from more clinics than it asks meets "
-            "mostly clinics new to the run, and each pays its first request's σ calibration "
-            "(at 100 clinics all asked, rounds 2 and 3 reuse it). The coordinator CPU share is "
-            "the simulation process's, which also runs Flower's in-memory SuperLink and Ray "
-            "driver; bare Flower's own share is as high.",
+            "Reading the rows: a clinic's first request in a worker pays for its file's import "
+            "and, for a plan the worker has not met, its σ calibration; later rounds find "
+            "both done. A federation sampling from many more clinics than it asks meets mostly "
+            "new clinics, and at a hundred clinics most plans are new. The coordinator CPU "
+            "share is the simulation process's (the ServerApp, Flower's in-memory SuperLink "
+            "and Ray driver). Bare Flower runs Flower's engine as it is; OralFed's "
+            "simulation hands out messages in one pass (docs/scale.md).",
         ]
     return "\n".join(lines) + "\n"
 
