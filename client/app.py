@@ -21,7 +21,7 @@ from flwr.app import Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
 
 from oralfed.client.budget import audit_import, open_budget, record_policy, run_epsilon
-from oralfed.client.data import load_clinic_data
+from oralfed.client.data import ClinicData, load_clinic_data
 from oralfed.client.dp_engines import get_dp_engine
 from oralfed.client.evaluation import evaluation_event, private_evaluation
 from oralfed.client.node import resolve_clinic_node
@@ -38,6 +38,7 @@ from oralfed.privacy.events import PrivacyEvent
 from oralfed.privacy.ledger import Budget, ChargeRecord, PrivacyLedger
 from oralfed.schemas import protocol
 from oralfed.schemas.clinic_policy import PolicyRefusal
+from oralfed.schemas.features import Task
 from oralfed.schemas.model import RiskModel, build_model
 from oralfed.schemas.model_record import load_model_record, model_record
 from oralfed.schemas.node_config import ClinicNode
@@ -86,9 +87,9 @@ def handle_train(msg: Message, node: ClinicNode) -> Message:
     node.policy.check_model(request.task, request.hidden_sizes)
     node.policy.check_run(request.total_rounds, request.target_epsilon, request.eval_epsilon)
     model = _model_sent(msg, request.hidden_sizes)  # before any charge: a bad one costs nothing
-    data = load_clinic_data(node.clinic_id, node.data_path, request.task)
     engine = get_dp_engine(request.dp_engine)
     key = ReleaseKey(node.dataset_id, run_id_of(request, msg), request.server_round, "train")
+    data = _clinic_data(node, request.task)
 
     def charge(ledger: PrivacyLedger, budget: Budget) -> Callable[[], Release]:
         audit_import(ledger, node, data)
@@ -137,9 +138,9 @@ def handle_evaluate(msg: Message, node: ClinicNode) -> Message:
     node.policy.check_model(request.task, request.hidden_sizes)
     node.policy.check_run(request.total_rounds, None, request.eval_epsilon)
     model = _model_sent(msg, request.hidden_sizes)
-    data = load_clinic_data(node.clinic_id, node.data_path, request.task)
     event = evaluation_event(request.eval_epsilon)
     key = ReleaseKey(node.dataset_id, run_id_of(request, msg), request.server_round, "evaluate")
+    data = _clinic_data(node, request.task)
 
     def charge(ledger: PrivacyLedger, budget: Budget) -> Callable[[], Release]:
         charged = _charge_once(ledger, node, budget, key, event, data.fingerprint)
@@ -187,6 +188,12 @@ def _release_once(
             release = compute()
             releases.save(key, release)
     return reply(msg, node, budget, release.metrics, release.arrays, release.public_size_source)
+
+
+def _clinic_data(node: ClinicNode, task: Task) -> ClinicData:
+    """The clinic's data, read once the request itself has passed every check: its import
+    receipt (``client.import_receipt``) is the first thing the request writes."""
+    return load_clinic_data(node.clinic_id, node.data_path, task, state_dir=node.state_dir)
 
 
 def _model_sent(msg: Message, hidden_sizes: tuple[int, ...]) -> RiskModel:

@@ -14,6 +14,13 @@ from stat import S_ISREG
 
 import numpy as np
 
+from oralfed.client.import_receipt import (
+    ARRAYS,
+    ImportReceipt,
+    file_fingerprint,
+    load_receipt,
+    save_receipt,
+)
 from oralfed.schemas import protocol
 from oralfed.schemas.contract import PatientRecord
 from oralfed.schemas.errors import ExitCode, OralFedError
@@ -64,8 +71,19 @@ def training_records(result: ImportResult, task: Task) -> list[PatientRecord]:
     return [r for r in result.accepted if r.consent_tier.allows_training and has_label(r, task)]
 
 
-def load_clinic_data(clinic_id: str, path: Path, task: Task = Task.UNTREATED_CARIES) -> ClinicData:
+def load_clinic_data(
+    clinic_id: str,
+    path: Path,
+    task: Task = Task.UNTREATED_CARIES,
+    *,
+    state_dir: Path | None = None,
+) -> ClinicData:
     """Import ``path`` and return the clinic's encoded train/test split.
+
+    With the clinic's ``state_dir``, an import is kept there as a signed receipt and the
+    next process to meet the clinic reads that instead of validating the file again
+    (:mod:`oralfed.client.import_receipt`: keyed by the file's SHA-256, so an edited file is
+    imported afresh).
 
     Cached per (file, size, mtime) because Flower calls the ClientApp once per message and
     re-validating thousands of rows each round would dominate a round's time. A simulation's
@@ -87,12 +105,46 @@ def load_clinic_data(clinic_id: str, path: Path, task: Task = Task.UNTREATED_CAR
             f"{path}: the clinic's data file ({protocol.NODE_DATA_PATH} in the node config) "
             "is not a file"
         )
-    return _load_cached(clinic_id, path.resolve(), stat.st_size, stat.st_mtime_ns, task)
+    return _load_cached(clinic_id, path.resolve(), stat.st_size, stat.st_mtime_ns, task, state_dir)
 
 
 @lru_cache(maxsize=CACHED_CLINIC_FILES)
-def _load_cached(clinic_id: str, path: Path, _size: int, _mtime_ns: int, task: Task) -> ClinicData:
-    return clinic_data(clinic_id, import_file(path), task)
+def _load_cached(
+    clinic_id: str, path: Path, _size: int, _mtime_ns: int, task: Task, state_dir: Path | None
+) -> ClinicData:
+    if state_dir is None:
+        return clinic_data(clinic_id, import_file(path), task)
+    try:
+        receipt = load_receipt(state_dir, file_fingerprint(path), task)
+    except OSError as error:
+        raise ClinicDataError(
+            f"{path}: the clinic's data file cannot be read ({error.strerror or error})"
+        ) from None
+    if receipt is not None:
+        return _from_receipt(clinic_id, receipt)
+    data = clinic_data(clinic_id, import_file(path), task)
+    keep_receipt(state_dir, data)
+    return data
+
+
+def keep_receipt(state_dir: Path, data: ClinicData) -> None:
+    """Keep ``data`` as the clinic's signed import receipt, for the next process to read."""
+    arrays = {name: getattr(data, name) for name in ARRAYS}
+    save_receipt(
+        state_dir,
+        ImportReceipt(data.fingerprint, data.task, data.rows_read, data.rows_rejected, arrays),
+    )
+
+
+def _from_receipt(clinic_id: str, receipt: ImportReceipt) -> ClinicData:
+    return ClinicData(
+        clinic_id=clinic_id,
+        task=receipt.task,
+        fingerprint=receipt.fingerprint,
+        rows_read=receipt.rows_read,
+        rows_rejected=receipt.rows_rejected,
+        **receipt.arrays,
+    )
 
 
 def clinic_data(clinic_id: str, result: ImportResult, task: Task) -> ClinicData:

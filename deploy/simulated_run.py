@@ -15,7 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from oralfed.client.data import clinic_data
+from oralfed.client.data import clinic_data, keep_receipt
 from oralfed.deploy.baselines import BaselineComparison, add_comparison, compare_with_baselines
 from oralfed.deploy.clinic_sources import ClinicSource, Notify, clinic_nodes
 from oralfed.deploy.errors import RunFolderError
@@ -102,7 +102,8 @@ def run_simulated_federation(
     out = settings.out_dir
     nodes = clinic_nodes(replace(run.source, seed=settings.seed), out, notify)
     # Refuses before writing; one clinic per call, spread over the cores for large runs.
-    checked = list(map_over_cores(partial(_check_clinic_file, settings=settings), nodes))
+    check = partial(_check_clinic_file, settings=settings, keep=run.source.data is None)
+    checked = list(map_over_cores(check, nodes))
     if run.declare_sizes:
         nodes = [
             replace(node, public_size=clinic.n_train)
@@ -202,10 +203,18 @@ class _CheckedFile:
     n_train: int
 
 
-def _check_clinic_file(node: ClinicNode, settings: FederationSettings) -> _CheckedFile:
-    """Validate a clinic's file up front, so bad input is reported before any round starts."""
+def _check_clinic_file(node: ClinicNode, settings: FederationSettings, keep: bool) -> _CheckedFile:
+    """Validate a clinic's file up front, so bad input is reported before any round starts.
+
+    With ``keep`` (synthetic clinics, whose state this run creates) the import is kept as
+    the clinic's signed receipt, so the clinic does not validate the same file again at its
+    first request (``oralfed.client.import_receipt``). A clinic's own state is never
+    written by a check that may still refuse the run.
+    """
     result = import_file(node.data_path)
     data = clinic_data(node.clinic_id, result, settings.task)  # refuses an unusable file
+    if keep:
+        keep_receipt(node.state_dir, data)
     return _CheckedFile(
         rejected=replace(result, accepted=[]),
         rows_accepted=result.rows_accepted,

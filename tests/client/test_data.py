@@ -6,25 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-import oralfed.client.data as clinic_data
 from oralfed.client.data import load_clinic_data
 from oralfed.schemas.synthetic import write_federation
 
 
 def test_a_worker_serving_many_clinics_imports_each_file_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, imports: list[Path]
 ) -> None:
     files = write_federation(tmp_path / "data", 40, seed=2)
-    imported: list[Path] = []
-    real_import = clinic_data.import_file
-
-    def counted(path: Path) -> clinic_data.ImportResult:
-        imported.append(path)
-        return real_import(path)
-
-    monkeypatch.setattr(clinic_data, "import_file", counted)
+    imported = imports
     first = [load_clinic_data(path.stem, path) for path in files]
     again = [load_clinic_data(path.stem, path) for path in files]  # a second round
     assert len(imported) == len(files) and set(imported) == {p.resolve() for p in files}
