@@ -24,7 +24,7 @@ def open_budget(ledger: PrivacyLedger, node: ClinicNode) -> Budget:
     :data:`~oralfed.privacy.calibration.UNKNOWN_SIZE_DELTA` (never the file's row count,
     which would make δ itself a function of the private data).
     """
-    try:  # the same history ensure_dataset composes next: the accountant's memo answers it
+    try:  # read first: a budget already as the node configures it needs no write
         registered: Budget | None = ledger.budget(node.dataset_id)
     except UnknownDataset:
         registered = None
@@ -36,7 +36,12 @@ def open_budget(ledger: PrivacyLedger, node: ClinicNode) -> Budget:
         delta = default_delta(node.public_size)
     else:
         delta = UNKNOWN_SIZE_DELTA
-    return ledger.ensure_dataset(node.dataset_id, node.epsilon_cap, delta, node.accountant)
+    wanted = (node.epsilon_cap, delta, node.accountant)
+    if registered is not None and (
+        (registered.epsilon_cap, registered.delta, registered.accountant) == wanted
+    ):
+        return registered  # as registered: nothing to change, so no write and no lock
+    return ledger.ensure_dataset(node.dataset_id, *wanted)
 
 
 def record_policy(ledger: PrivacyLedger, node: ClinicNode) -> None:

@@ -153,8 +153,13 @@ class AuditLog:
     coordinator's database, ``server/migrations``), never to this class.
     """
 
-    def __init__(self, engine: Engine, signing_key: Ed25519PrivateKey) -> None:
+    def __init__(
+        self, engine: Engine, signing_key: Ed25519PrivateKey, *, reader: Engine | None = None
+    ) -> None:
+        """``engine`` appends; ``reader``, if given, is the same database without the write
+        lock (the clinic ledger's plain engine), for checks that usually find nothing to do."""
         self._engine = engine
+        self._reader = reader or engine
         self._key = signing_key
         self.public_key = signing_key.public_key()
         self.signer = key_fingerprint(self.public_key)
@@ -208,13 +213,13 @@ class AuditLog:
         import, which the ClientApp sees again in every round.
         """
         text = canonical_json(json_safe(dict(payload)))
-        with _session_scope(self._engine, None) as session:
-            seen = session.scalar(
-                select(AuditEntryRow.id)
-                .where(AuditEntryRow.kind == kind, AuditEntryRow.payload == text)
-                .limit(1)
-            )
-            return None if seen is not None else self.append(kind, payload, session=session)
+        with _session_scope(self._reader, None) as session:  # no lock: usually it exists
+            if _has_entry(session, kind, text):
+                return None
+        with _session_scope(self._engine, None) as session:  # locked: look again, append
+            if _has_entry(session, kind, text):
+                return None
+            return self.append(kind, payload, session=session)
 
 
 def read_entries(bind: Engine | Connection) -> list[AuditEntry]:
@@ -298,6 +303,15 @@ def read_only_engine(path: Path) -> Engine:
         connection.exec_driver_sql("BEGIN")
 
     return engine
+
+
+def _has_entry(session: Session, kind: str, payload_text: str) -> bool:
+    seen = session.scalar(
+        select(AuditEntryRow.id)
+        .where(AuditEntryRow.kind == kind, AuditEntryRow.payload == payload_text)
+        .limit(1)
+    )
+    return seen is not None
 
 
 @contextmanager

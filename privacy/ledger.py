@@ -248,7 +248,11 @@ class PrivacyLedger:
         except BaseException:
             engine.dispose()
             raise
-        self.audit = None if signing_key is None else AuditLog(self._locking_engine, signing_key)
+        self.audit = (
+            None
+            if signing_key is None
+            else AuditLog(self._locking_engine, signing_key, reader=engine)
+        )
 
     @classmethod
     def read_only(cls, path: Path) -> Self:
