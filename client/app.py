@@ -48,14 +48,22 @@ CALIBRATION_CACHE_FILE = "calibration-cache.json"
 EVALUATION_NOTE = "federated evaluation (noisy score histogram)"
 
 
-def make_client_app(manifest: list[ClinicNode] | None = None) -> ClientApp:
-    """A ClientApp; ``manifest`` maps simulated partition ids to clinics (simulation only)."""
+def make_client_app(
+    manifest: list[ClinicNode] | Callable[[], list[ClinicNode]] | None = None,
+) -> ClientApp:
+    """A ClientApp; ``manifest`` maps simulated partition ids to clinics (simulation only).
+
+    A function giving the list is called where the ClientApp runs: Flower's Ray backend
+    pickles the ClientApp with every message, so a large list would travel each time
+    (``oralfed.deploy.run_clinics``).
+    """
     app = ClientApp()
 
     def guarded(handler: Handler) -> Callable[[Message, Context], Message]:
         def run(msg: Message, context: Context) -> Message:
             try:
-                node = resolve_clinic_node(context, manifest)
+                clinics = manifest() if callable(manifest) else manifest
+                node = resolve_clinic_node(context, clinics)
             except Exception as error:  # a node that cannot say who it is still refuses
                 code, reason = refusal_reason(error)
                 named = context.node_config.get(protocol.NODE_CLINIC_ID)

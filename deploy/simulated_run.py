@@ -20,12 +20,8 @@ from oralfed.deploy.baselines import BaselineComparison, add_comparison, compare
 from oralfed.deploy.clinic_sources import ClinicSource, Notify, clinic_nodes
 from oralfed.deploy.errors import RunFolderError
 from oralfed.deploy.parallel import map_over_cores
-from oralfed.deploy.simulation import (
-    EventCallback,
-    SimulationResult,
-    launch_simulation,
-    simulated_clinics,
-)
+from oralfed.deploy.run_clinics import simulated_clinics
+from oralfed.deploy.simulation import EventCallback, SimulationResult, launch_simulation
 from oralfed.schemas.features import Task
 from oralfed.schemas.files import write_json_atomically
 from oralfed.schemas.importer import ImportResult, import_file, write_quarantine

@@ -19,14 +19,14 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from oralfed.deploy.errors import RunFolderError
+from oralfed.deploy.run_clinics import SPEC_FILE, clinics_of_run
 from oralfed.schemas.files import dumps, write_json_atomically
 from oralfed.schemas.node_config import ClinicNode
 
-SPEC_FILE = "simulation-spec.json"
 OUTCOME_FILE = "outcome.json"
 LOG_FILE = "federation.log"
 STOP_GRACE_SECONDS = 10.0
@@ -109,18 +109,6 @@ def launch_simulation(
     )
 
 
-def simulated_clinics(out_dir: Path) -> list[ClinicNode]:
-    """The clinics of the simulation run in ``out_dir`` (from its spec), to resume it."""
-    spec_path = out_dir / SPEC_FILE
-    try:
-        spec = json.loads(spec_path.read_text())
-        return [ClinicNode.from_config(entry) for entry in spec["clinics"]]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise RunFolderError(
-            f"{out_dir} is not a simulated run's folder: {spec_path} cannot be read ({error})"
-        ) from None
-
-
 def _end_process_group(child: subprocess.Popen[bytes]) -> None:
     """Terminate the child's session (Ray included); escalate to SIGKILL after a grace."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -153,7 +141,7 @@ def _run_child(out_dir: Path, events_fd: int) -> int:
     use_one_pass_delivery()  # Flower's poll walks every node's messages for every node
     logging.getLogger("flwr").setLevel(logging.INFO)
     spec = json.loads((out_dir / SPEC_FILE).read_text())
-    clinics = simulated_clinics(out_dir)
+    clinics = clinics_of_run(out_dir)
     events = os.fdopen(events_fd, "w", encoding="utf-8", buffering=1)
 
     def emit(payload: dict[str, Any]) -> None:
@@ -178,7 +166,7 @@ def _run_child(out_dir: Path, events_fd: int) -> int:
     try:
         run_simulation(
             server_app=server_app,
-            client_app=make_client_app(clinics),
+            client_app=make_client_app(partial(clinics_of_run, out_dir)),
             num_supernodes=len(clinics),
             backend_config={
                 "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
