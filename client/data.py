@@ -7,6 +7,7 @@ DP training step, never the arrays themselves.
 from __future__ import annotations
 
 import hashlib
+from contextlib import suppress
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -128,12 +129,14 @@ def _load_cached(
 
 
 def keep_receipt(state_dir: Path, data: ClinicData) -> None:
-    """Keep ``data`` as the clinic's signed import receipt, for the next process to read."""
+    """Keep ``data`` as the clinic's signed import receipt, for the next process to read.
+
+    A receipt that cannot be written (a full or read-only disk) only costs the next process
+    its own import, so that is no reason to refuse the work at hand."""
     arrays = {name: getattr(data, name) for name in ARRAYS}
-    save_receipt(
-        state_dir,
-        ImportReceipt(data.fingerprint, data.task, data.rows_read, data.rows_rejected, arrays),
-    )
+    receipt = ImportReceipt(data.fingerprint, data.task, data.rows_read, data.rows_rejected, arrays)
+    with suppress(OSError):
+        save_receipt(state_dir, receipt)
 
 
 def _from_receipt(clinic_id: str, receipt: ImportReceipt) -> ClinicData:

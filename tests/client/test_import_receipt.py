@@ -109,3 +109,16 @@ def test_a_truncated_or_unsigned_receipt_is_no_receipt(
         receipt.write_bytes(damaged)
         assert same(in_new_process(files[0], state), true)
     assert len(imports) == 4
+
+
+def test_a_receipt_that_cannot_be_written_costs_only_the_next_import(
+    files: list[Path], imports: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(*_: object, **__: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(import_receipt, "write_bytes_atomically", disk_full)
+    state = tmp_path / "state"
+    first = in_new_process(files[0], state)
+    assert same(in_new_process(files[0], state), first)
+    assert len(imports) == 2 and not (state / RECEIPTS_DIR).exists()
