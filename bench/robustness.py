@@ -115,7 +115,9 @@ def run_child(folder: Path) -> int:
     clinics = [ClinicNode.from_config(entry) for entry in spec["clinics"]]
     outcomes: list[Any] = []
     run_simulation(
-        server_app=make_server_app(FederationSettings.from_public_dict(spec["settings"]), outcomes),
+        server_app=make_server_app(
+            FederationSettings.from_public_dict(spec["settings"]), outcomes, simulated=True
+        ),
         client_app=hostile_client_app(clinics, spec["attacker"], spec["attack"]),
         num_supernodes=len(clinics),
         backend_config={

@@ -53,6 +53,7 @@ __all__ = [
 DEFAULT_SEED = 7
 DEFAULT_TARGET_EPSILON = 3.0
 DEFAULT_EVAL_EPSILON = 0.3
+DEPLOYED_ROUND_TIMEOUT = 600.0  # a node can vanish: a deployed round waits this long by default
 DEFAULT_HIDDEN_SIZES: tuple[int, ...] = (64, 32)
 # The L2 distance from the global model that no honest clinic's update reaches in the
 # standard synthetic federation (measured: docs/robustness.md, bench/robustness.py --norms).
@@ -227,8 +228,11 @@ class FederationSettings:
         "count such as 100, or a share of the connected clinics in (0, 1); default: all. "
         "Only sampled clinics are asked, so only they are charged.",
     )
-    round_timeout: float = _setting(
-        600.0, "round-timeout", "Seconds a round waits for replies (and for clinics to connect)."
+    round_timeout: float | None = _setting(
+        None,
+        "round-timeout",
+        "Seconds a round waits for replies (and for clinics to connect); default: a simulated "
+        f"round waits for every clinic it asked, a deployed one {DEPLOYED_ROUND_TIMEOUT:g} s.",
     )
     task: Task = _setting(Task.UNTREATED_CARIES, "task", "Outcome to learn.")
     hidden_sizes: tuple[int, ...] = _setting(
@@ -265,7 +269,6 @@ class FederationSettings:
         for name in (
             "learning_rate",
             "clip_norm",
-            "round_timeout",
             "eval_epsilon",
             "update_norm_bound",
             "max_clinic_weight",
@@ -279,7 +282,7 @@ class FederationSettings:
             raise SettingsError(
                 ("target-epsilon", "noise-multiplier"), "give exactly one of {0} and {1}"
             )
-        for name in ("target_epsilon", "noise_multiplier"):
+        for name in ("target_epsilon", "noise_multiplier", "round_timeout"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 problem = f"{{0}} must be a positive number, got {value}"
@@ -312,6 +315,22 @@ class FederationSettings:
                 f"{{0}}={sample:g} samples fewer clinics than the {{1}}={self.min_clinics} a "
                 "round needs to go on",
             )
+
+    def reply_timeout(self, simulated: bool) -> float | None:
+        """Seconds a round waits for its replies; ``None``: until every clinic asked replied.
+
+        Without ``round-timeout`` a simulated round waits for them all, as the Simulation
+        Engine answers for a clinic that fails: a limit there only cuts a large federation's
+        round short after its clinics were charged (docs/scale.md). A deployed node can
+        vanish without a word, so a deployed round has a limit."""
+        if self.round_timeout is not None or simulated:
+            return self.round_timeout
+        return DEPLOYED_ROUND_TIMEOUT
+
+    def connect_timeout(self) -> float:
+        """Seconds a round waits for ``min-clinics`` nodes to connect (a simulation's are
+        connected from the start; a limit keeps a too-small one from waiting forever)."""
+        return DEPLOYED_ROUND_TIMEOUT if self.round_timeout is None else self.round_timeout
 
     def clinics_in_round(self, connected: int) -> int:
         """How many of ``connected`` clinics a round samples: the count asked for, or the

@@ -63,10 +63,12 @@ def run_federation_rounds(
     outcome: FederationOutcome,
     on_round_end: RoundCallback | None = None,
     checkpoint: Checkpoint | None = None,
+    simulated: bool = False,
 ) -> FederationOutcome:
     """Run ``settings.rounds`` rounds on ``grid`` (those after ``checkpoint``'s, when the run
     is resumed); fills ``outcome`` as it goes, so that a run halted half-way still reports
-    what happened."""
+    what happened. ``simulated`` rounds wait for every reply unless ``round-timeout`` is set
+    (``FederationSettings.reply_timeout``)."""
     store = _open_store(settings)
     started: dict[str, object] = {"run_id": outcome.run_id, "settings": settings.public_dict()}
     if checkpoint is None:
@@ -111,7 +113,8 @@ def run_federation_rounds(
             grid=grid,
             initial_arrays=start,
             num_rounds=settings.rounds - done,
-            timeout=settings.round_timeout,
+            # Flower hands it to Grid.send_and_receive, where None waits for every reply.
+            timeout=settings.reply_timeout(simulated),  # type: ignore[arg-type]
             train_config=ConfigRecord({**settings.train_config(), **run_config}),
             evaluate_config=ConfigRecord({**settings.evaluate_config(), **run_config}),
         )
@@ -177,12 +180,14 @@ def make_server_app(
     on_round_end: RoundCallback | None = None,
     prompt_replies: bool = True,
     on_progress: Callable[[ReplyProgress], None] | None = None,
+    simulated: bool = False,
 ) -> ServerApp:
     """A ServerApp; without ``settings`` it reads Flower's run config (``flwr run .``).
 
     ``prompt_replies`` collects replies as they arrive (:class:`PromptGrid`, which tells
     ``on_progress`` how many clinics have replied); without it the rounds wait on Flower's
-    grid as it is (its 3 s pulls: bench/deploy_overhead.py's baseline)."""
+    grid as it is (its 3 s pulls: bench/deploy_overhead.py's baseline). A ``simulated``
+    app's rounds wait for every clinic they asked unless ``round-timeout`` says otherwise."""
     app = ServerApp()
 
     @app.main()
@@ -206,7 +211,7 @@ def make_server_app(
         )
         if outcome_sink is not None:
             outcome_sink.append(outcome)
-        run_federation_rounds(grid, effective, outcome, on_round_end, checkpoint)
+        run_federation_rounds(grid, effective, outcome, on_round_end, checkpoint, simulated)
 
     return app
 

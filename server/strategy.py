@@ -116,12 +116,13 @@ class RecordingMixin:
         return _ConnectedNodes(sorted(draw.sample(connected, count)))
 
     def _connected_nodes(self, server_round: int, grid: Grid) -> list[int]:
-        deadline = time.monotonic() + self.settings.round_timeout
+        waited = self.settings.connect_timeout()
+        deadline = time.monotonic() + waited
         while len(node_ids := list(grid.get_node_ids())) < self.settings.min_clinics:
             if time.monotonic() >= deadline:
                 raise FederationHalted(
                     f"round {server_round}: only {len(node_ids)} clinic node(s) connected after "
-                    f"waiting {self.settings.round_timeout:.0f} s, fewer than the minimum of "
+                    f"waiting {waited:.0f} s, fewer than the minimum of "
                     f"{self.settings.min_clinics}"
                 )
             time.sleep(NODE_POLL_SECONDS)

@@ -18,6 +18,7 @@ from oralfed.cli.settings_options import SettingValues, flag_names, run_setting_
 from oralfed.schemas import protocol
 from oralfed.schemas.features import Task
 from oralfed.schemas.settings import (
+    DEPLOYED_ROUND_TIMEOUT,
     AggregationName,
     DpEngineName,
     FederationSettings,
@@ -52,7 +53,7 @@ valid_settings = st.builds(
     seed=st.integers(0, 2**31),
     min_clinics=st.integers(1, 10),
     clinics_per_round=st.one_of(st.none(), st.floats(0.01, 0.99), st.integers(10, 500)),
-    round_timeout=st.floats(1, 3600),
+    round_timeout=st.one_of(st.none(), st.floats(1, 3600)),
     task=st.sampled_from(Task),
     hidden_sizes=st.lists(st.integers(1, 128), min_size=1, max_size=3).map(tuple),
     dp_engine=st.sampled_from(DpEngineName),
@@ -220,6 +221,16 @@ def test_the_secure_aggregation_switch_and_what_it_refuses() -> None:
         FederationSettings(secure_aggregation=True, min_clinics=1)
     with pytest.raises(SettingsError, match="secagg-threshold must be in"):
         FederationSettings(secagg_threshold=1.5)
+
+
+def test_a_simulated_round_waits_for_every_reply_unless_a_timeout_is_given() -> None:
+    unset, given = FederationSettings(), FederationSettings(round_timeout=45.0)
+    assert (unset.reply_timeout(simulated=True), unset.reply_timeout(simulated=False)) == (
+        None,
+        DEPLOYED_ROUND_TIMEOUT,
+    )
+    assert (given.reply_timeout(simulated=True), given.reply_timeout(simulated=False)) == (45, 45)
+    assert (unset.connect_timeout(), given.connect_timeout()) == (DEPLOYED_ROUND_TIMEOUT, 45)
 
 
 @given(
