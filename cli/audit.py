@@ -122,8 +122,11 @@ def _render_verification(report: VerificationReport) -> None:
         if report.key_source == EMBEDDED_KEY
         else report.key_source
     )
-    console.print(f"audit log: {report.source}", highlight=False)
-    console.print(f"checked with: {key_note} (key {result.signer[:16]}…)", highlight=False)
+    # soft_wrap: a path is never folded at the console's width (80 columns in a pipe)
+    console.print(f"audit log: {report.source}", highlight=False, soft_wrap=True)
+    console.print(
+        f"checked with: {key_note} (key {result.signer[:16]}…)", highlight=False, soft_wrap=True
+    )
     if len(result.key_chain) > 1:
         console.print(
             f"signing keys in order: {' → '.join(key[:16] + '…' for key in result.key_chain)} "

@@ -33,4 +33,6 @@ for package in schemas privacy client server deploy cli; do
     ln -sfn "$ROOT/$package" "$TYPECHECK/oralfed/$package"
 done
 (cd "$TYPECHECK" && "$ROOT/.venv/bin/mypy" --config-file "$ROOT/pyproject.toml" -p oralfed)
-exec "$ROOT/.venv/bin/python" -m pytest "$@"
+# Two workers, each taking whole test files (a file's module fixtures, such as a deployment,
+# are built once); ORALFED_TEST_WORKERS=0 runs the suite in this one process.
+exec "$ROOT/.venv/bin/python" -m pytest -n "${ORALFED_TEST_WORKERS:-2}" --dist loadfile "$@"

@@ -35,6 +35,7 @@ webdriver = pytest.importorskip("selenium.webdriver")
 if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
     pytest.skip("Debian's chromium and chromium-driver are not installed", allow_module_level=True)
 
+from selenium.common.exceptions import WebDriverException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.expected_conditions import staleness_of  # noqa: E402
 from selenium.webdriver.support.wait import WebDriverWait  # noqa: E402
@@ -142,7 +143,11 @@ def follow(driver: Any, element: Any) -> None:
     """Click a submit button or a link and wait until its page has been replaced, so that
     what the test reads next is the answer's page, never the page it came from."""
     element.click()
-    WebDriverWait(driver, PAGE_SECONDS).until(staleness_of(element))
+    # Asked about the element while its page is being replaced, Chromium may answer with an
+    # inspector error instead of "stale": ask again until the old page is gone.
+    WebDriverWait(driver, PAGE_SECONDS, ignored_exceptions=(WebDriverException,)).until(
+        staleness_of(element)
+    )
 
 
 def log_in(driver: Any, url: str, token: str) -> None:
