@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from itertools import pairwise
 from typing import cast
 
 from flwr.app import Message, RecordDict
@@ -12,7 +13,12 @@ from flwr.proto.node_pb2 import NodeInfo  # type: ignore[attr-defined]
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-from oralfed.server.prompt_grid import MAX_POLL_SECONDS, PromptGrid, ReplyProgress
+from oralfed.server.prompt_grid import (
+    MAX_POLL_SECONDS,
+    PULL_SHARE_FACTOR,
+    PromptGrid,
+    ReplyProgress,
+)
 
 
 class _Reply:
@@ -95,6 +101,28 @@ def test_a_missing_reply_ends_at_the_timeout_with_the_replies_that_came() -> Non
     waited = time.monotonic() - started
     assert [r.metadata.reply_to_message_id for r in replies] == ["m0"]
     assert 1.0 <= waited < 1.0 + MAX_POLL_SECONDS + 0.5
+
+
+class _CostlyGrid(_SlowGrid):
+    """A grid whose every pull takes ``seconds`` (a SuperLink walking many awaited ids)."""
+
+    def __init__(self, arrives: list[int | None], seconds: float) -> None:
+        super().__init__(arrives)
+        self.seconds = seconds
+        self.pull_starts: list[float] = []
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        self.pull_starts.append(time.monotonic())
+        time.sleep(self.seconds)
+        return super().pull_messages(message_ids)
+
+
+def test_pulls_take_at_most_a_share_of_the_coordinator_however_costly_each_is() -> None:
+    grid = _CostlyGrid([1, 2, 3, 4], seconds=0.03)  # a reply at every pull: no back-off
+    replies = PromptGrid(grid).send_and_receive(_messages(4), timeout=30)
+    assert len(list(replies)) == 4
+    gaps = [later - earlier for earlier, later in pairwise(grid.pull_starts)]
+    assert min(gaps) >= (1 + PULL_SHARE_FACTOR) * 0.03
 
 
 def test_progress_counts_the_replies_of_the_round_as_they_arrive() -> None:
