@@ -116,7 +116,9 @@ def run_child(folder: Path) -> int:
     outcomes: list[Any] = []
     run_simulation(
         server_app=make_server_app(
-            FederationSettings.from_public_dict(spec["settings"]), outcomes, simulated=True
+            FederationSettings.from_public_dict(spec["settings"]),
+            outcomes,
+            simulated_clinics=len(clinics),
         ),
         client_app=hostile_client_app(clinics, spec["attacker"], spec["attack"]),
         num_supernodes=len(clinics),

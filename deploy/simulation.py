@@ -161,7 +161,7 @@ def _run_child(out_dir: Path, events_fd: int) -> int:
             outcomes,
             lambda record: emit({"event": "round", "summary": record.summary()}),
             on_progress=lambda progress: emit({"event": "progress", **asdict(progress)}),
-            simulated=True,
+            simulated_clinics=len(clinics),
         )
     status, message = "failed", None
     try:

@@ -63,12 +63,13 @@ def run_federation_rounds(
     outcome: FederationOutcome,
     on_round_end: RoundCallback | None = None,
     checkpoint: Checkpoint | None = None,
-    simulated: bool = False,
+    simulated_clinics: int | None = None,
 ) -> FederationOutcome:
     """Run ``settings.rounds`` rounds on ``grid`` (those after ``checkpoint``'s, when the run
     is resumed); fills ``outcome`` as it goes, so that a run halted half-way still reports
-    what happened. ``simulated`` rounds wait for every reply unless ``round-timeout`` is set
-    (``FederationSettings.reply_timeout``)."""
+    what happened. In a simulation of ``simulated_clinics`` clinics, the first round waits
+    for all of them to connect, and every round for each reply unless ``round-timeout`` is
+    set (``FederationSettings.reply_timeout``)."""
     store = _open_store(settings)
     started: dict[str, object] = {"run_id": outcome.run_id, "settings": settings.public_dict()}
     if checkpoint is None:
@@ -97,6 +98,9 @@ def run_federation_rounds(
             on_round_end(record)
 
     strategy = make_strategy(settings, outcome.history, round_ended)
+    simulated = simulated_clinics is not None
+    if simulated_clinics is not None:
+        strategy.awaited_nodes = max(settings.min_clinics, simulated_clinics)
     if settings.secure_aggregation:  # training rounds under SecAgg+; the strategy gets means
         secure_grid = SecureAggregationGrid(grid, settings)
         strategy.secure_rounds, grid = secure_grid.rounds, secure_grid
@@ -180,14 +184,15 @@ def make_server_app(
     on_round_end: RoundCallback | None = None,
     prompt_replies: bool = True,
     on_progress: Callable[[ReplyProgress], None] | None = None,
-    simulated: bool = False,
+    simulated_clinics: int | None = None,
 ) -> ServerApp:
     """A ServerApp; without ``settings`` it reads Flower's run config (``flwr run .``).
 
     ``prompt_replies`` collects replies as they arrive (:class:`PromptGrid`, which tells
     ``on_progress`` how many clinics have replied); without it the rounds wait on Flower's
-    grid as it is (its 3 s pulls: bench/deploy_overhead.py's baseline). A ``simulated``
-    app's rounds wait for every clinic they asked unless ``round-timeout`` says otherwise."""
+    grid as it is (its 3 s pulls: bench/deploy_overhead.py's baseline). The app of a
+    simulation of ``simulated_clinics`` clinics waits for them all to connect, and its rounds
+    for every clinic they asked unless ``round-timeout`` says otherwise."""
     app = ServerApp()
 
     @app.main()
@@ -211,7 +216,7 @@ def make_server_app(
         )
         if outcome_sink is not None:
             outcome_sink.append(outcome)
-        run_federation_rounds(grid, effective, outcome, on_round_end, checkpoint, simulated)
+        run_federation_rounds(grid, effective, outcome, on_round_end, checkpoint, simulated_clinics)
 
     return app
 

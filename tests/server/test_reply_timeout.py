@@ -1,6 +1,6 @@
-"""How long the coordinator's rounds wait for replies: a simulated round for every clinic it
-asked unless ``round-timeout`` is given, a deployed one 600 s (``reply_timeout``), as the
-rounds really hand it to the grid."""
+"""What the coordinator's rounds wait for, as the rounds really ask the grid: a simulated
+round for every clinic it asked unless ``round-timeout`` is given, a deployed one 600 s
+(``reply_timeout``); a simulation's first round for all its clinics to connect."""
 
 from __future__ import annotations
 
@@ -26,38 +26,58 @@ def _serverapp_run(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class _SilentGrid(_SlowGrid):
-    """Two connected nodes that never reply; each round's wait is recorded."""
+    """Nodes that never reply, one more connected at each look up to ``nodes`` (as a
+    simulation's register while its ServerApp starts); each round's wait and the nodes it
+    asked are recorded."""
 
-    def __init__(self) -> None:
+    def __init__(self, nodes: int = 2, connected: int = 2) -> None:
         super().__init__([])
+        self.nodes, self.connected = nodes, connected
         self.timeouts: list[float | None] = []
+        self.asked: list[list[int]] = []
 
     def get_node_ids(self) -> Iterable[int]:
-        return [1, 2]
+        node_ids = list(range(1, self.connected + 1))
+        self.connected = min(self.connected + 1, self.nodes)
+        return node_ids
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         self.timeouts.append(timeout)
+        self.asked.append(sorted(message.metadata.dst_node_id for message in messages))
         return []
 
 
+def _halted_round(grid: _SilentGrid, settings: FederationSettings, clinics: int | None) -> None:
+    outcome = FederationOutcome(run_id="run-1", settings=settings)
+    with pytest.raises(FederationHalted):  # no clinic replied
+        run_federation_rounds(grid, settings, outcome, simulated_clinics=clinics)
+    assert outcome.status == "halted"
+
+
 @pytest.mark.parametrize(
-    ("simulated", "round_timeout", "waited"),
+    ("clinics", "round_timeout", "waited"),
     [
-        (True, None, None),  # None: until every clinic asked has replied
-        (False, None, DEPLOYED_ROUND_TIMEOUT),
-        (True, 45.0, 45.0),
-        (False, 45.0, 45.0),
+        (2, None, None),  # a simulation of two clinics; None: until every one asked replied
+        (None, None, DEPLOYED_ROUND_TIMEOUT),  # a deployment
+        (2, 45.0, 45.0),
+        (None, 45.0, 45.0),
     ],
 )
 def test_a_round_hands_the_grid_the_wait_its_engine_calls_for(
-    tmp_path: Path, simulated: bool, round_timeout: float | None, waited: float | None
+    tmp_path: Path, clinics: int | None, round_timeout: float | None, waited: float | None
 ) -> None:
-    settings = FederationSettings(rounds=1, out_dir=tmp_path, round_timeout=round_timeout)
     grid = _SilentGrid()
-    outcome = FederationOutcome(run_id="run-1", settings=settings)
-    with pytest.raises(FederationHalted):  # no clinic replied
-        run_federation_rounds(grid, settings, outcome, simulated=simulated)
+    _halted_round(
+        grid, FederationSettings(rounds=1, out_dir=tmp_path, round_timeout=round_timeout), clinics
+    )
     assert grid.timeouts == [waited]
-    assert outcome.status == "halted"
+
+
+def test_a_simulation_asks_every_clinic_once_all_have_connected(tmp_path: Path) -> None:
+    simulated, deployed = _SilentGrid(nodes=5, connected=2), _SilentGrid(nodes=5, connected=2)
+    _halted_round(simulated, FederationSettings(rounds=1, out_dir=tmp_path / "sim"), 5)
+    _halted_round(deployed, FederationSettings(rounds=1, out_dir=tmp_path / "dep"), None)
+    assert simulated.asked == [[1, 2, 3, 4, 5]]
+    assert deployed.asked == [[1, 2]]  # min-clinics were there: a deployment goes on
