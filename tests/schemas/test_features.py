@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
 
-from oralfed.schemas.contract import PatientRecord
+from oralfed.schemas.contract import FluoridatedWater, PatientRecord, Sex, SmokingStatus
 from oralfed.schemas.features import (
+    AGE_BAND_FEATURES,
+    BMI_CENTRE,
+    BMI_SCALE,
+    BOOLEAN_FEATURES,
+    CATEGORICAL_FEATURES,
     FEATURE_NAMES,
     NUM_FEATURES,
+    NUMERIC_FEATURES,
     Task,
     encode_features,
     encode_labels,
@@ -55,3 +63,41 @@ def test_labels_per_task() -> None:
 
 def test_dmft_is_never_a_feature() -> None:
     assert not any(name.startswith("dmft") for name in FEATURE_NAMES)
+
+
+def _one_by_one(record: PatientRecord) -> list[float]:
+    """The encoding written out one record at a time, as it was before it went columnar."""
+    values = [(float(getattr(record, n)) - c) / s for n, c, s in NUMERIC_FEATURES]
+    bmi = record.bmi
+    values += [0.0, 1.0] if bmi is None else [(bmi - BMI_CENTRE) / BMI_SCALE, 0.0]
+    for column, enum in CATEGORICAL_FEATURES:
+        values += [float(getattr(record, column) == member) for member in enum]
+    values += [float(getattr(record, name)) for name in BOOLEAN_FEATURES]
+    values += [float(lo <= record.age_years <= hi) for _, lo, hi in AGE_BAND_FEATURES]
+    return values
+
+
+records = st.builds(
+    lambda **cells: record(**{k: str(v) for k, v in cells.items()}),
+    age_years=st.integers(2, 110),
+    sex=st.sampled_from([m.value for m in Sex]),
+    smoking_status=st.sampled_from([m.value for m in SmokingStatus]),
+    fluoridated_water=st.sampled_from(["", *(m.value for m in FluoridatedWater)]),
+    brushing_per_day=st.floats(0, 6).map(lambda v: round(v, 3)),
+    flossing_days_per_week=st.integers(0, 7),
+    sugary_drinks_per_day=st.floats(0, 20).map(lambda v: round(v, 3)),
+    dental_visits_per_year=st.floats(0, 12).map(lambda v: round(v, 3)),
+    bmi=st.one_of(st.just(""), st.floats(10, 80).map(lambda v: round(v, 2))),
+    diabetes=st.sampled_from(["true", "false"]),
+    fluoride_toothpaste=st.sampled_from(["yes", "no"]),
+)
+
+
+@given(st.lists(records, max_size=12))
+def test_the_columnar_encoding_is_the_one_record_at_a_time_encoding(
+    batch: list[PatientRecord],
+) -> None:
+    expected = np.array([_one_by_one(r) for r in batch], dtype=np.float32).reshape(
+        len(batch), NUM_FEATURES
+    )
+    np.testing.assert_array_equal(encode_features(batch), expected)
