@@ -323,9 +323,7 @@ class FederationSettings:
         Engine answers for a clinic that fails: a limit there only cuts a large federation's
         round short after its clinics were charged (docs/scale.md). A deployed node can
         vanish without a word, so a deployed round has a limit."""
-        if self.round_timeout is not None or simulated:
-            return self.round_timeout
-        return DEPLOYED_ROUND_TIMEOUT
+        return None if simulated and self.round_timeout is None else self.connect_timeout()
 
     def connect_timeout(self) -> float:
         """Seconds a round waits for ``min-clinics`` nodes to connect (a simulation's are

@@ -97,10 +97,7 @@ def run_federation_rounds(
         if on_round_end is not None:
             on_round_end(record)
 
-    strategy = make_strategy(settings, outcome.history, round_ended)
-    simulated = simulated_clinics is not None
-    if simulated_clinics is not None:
-        strategy.awaited_nodes = max(settings.min_clinics, simulated_clinics)
+    strategy = make_strategy(settings, outcome.history, round_ended, simulated_clinics)
     if settings.secure_aggregation:  # training rounds under SecAgg+; the strategy gets means
         secure_grid = SecureAggregationGrid(grid, settings)
         strategy.secure_rounds, grid = secure_grid.rounds, secure_grid
@@ -118,7 +115,7 @@ def run_federation_rounds(
             initial_arrays=start,
             num_rounds=settings.rounds - done,
             # Flower hands it to Grid.send_and_receive, where None waits for every reply.
-            timeout=settings.reply_timeout(simulated),  # type: ignore[arg-type]
+            timeout=settings.reply_timeout(simulated_clinics is not None),  # type: ignore[arg-type]
             train_config=ConfigRecord({**settings.train_config(), **run_config}),
             evaluate_config=ConfigRecord({**settings.evaluate_config(), **run_config}),
         )

@@ -370,11 +370,15 @@ RecordingStrategy = (
 
 
 def make_strategy(
-    settings: FederationSettings, history: FederationHistory, on_round_end: RoundCallback | None
+    settings: FederationSettings,
+    history: FederationHistory,
+    on_round_end: RoundCallback | None,
+    simulated_clinics: int | None = None,
 ) -> RecordingStrategy:
     """The run's aggregation over every connected clinic in every round, weighted (where
     it weighs) by the clinics' public sizes (``num-examples``: declared, or a charged DP
-    estimate); the local objective (FedAvg or FedProx) is what the clinics are told."""
+    estimate); the local objective (FedAvg or FedProx) is what the clinics are told. A
+    simulation's rounds wait for all its ``simulated_clinics`` to connect."""
     common: dict[str, Any] = {  # Any: Flower's keyword types differ per argument
         "fraction_train": 1.0,
         "fraction_evaluate": 1.0,
@@ -400,5 +404,5 @@ def make_strategy(
     strategy.history, strategy.settings, strategy.on_round_end = history, settings, on_round_end
     strategy.clinic_of_node, strategy.sampled, strategy.sent = {}, {}, {}
     strategy.secure_rounds = None  # run_federation_rounds sets it when the run is secure
-    strategy.awaited_nodes = settings.min_clinics  # and this for a simulation
+    strategy.awaited_nodes = max(settings.min_clinics, simulated_clinics or 0)
     return strategy
