@@ -38,8 +38,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -203,9 +201,9 @@ def quality(out: Path, report: dict[str, Any]) -> dict[str, Any]:
     rows would train for longer than the federation), and both models are scored exactly
     on that subsample's test splits."""
     from oralfed.client.data import load_clinic_data
-    from oralfed.deploy.baselines import score, train_with_early_stopping
+    from oralfed.deploy.baselines import central_pool_model, score
     from oralfed.deploy.run_clinics import simulated_clinics
-    from oralfed.schemas.model import build_model, load_model
+    from oralfed.schemas.model import load_model
     from oralfed.schemas.settings import FederationSettings
 
     settings = FederationSettings.from_public_dict(report["settings"])
@@ -214,11 +212,7 @@ def quality(out: Path, report: dict[str, Any]) -> dict[str, Any]:
     data = {
         c.clinic_id: load_clinic_data(c.clinic_id, c.data_path, settings.task) for c in subsample
     }
-    x_pool = np.concatenate([d.x_train for d in data.values()])
-    y_pool = np.concatenate([d.y_train for d in data.values()])
-    central = train_with_early_stopping(
-        build_model(settings.hidden_sizes, seed=settings.seed), x_pool, y_pool, settings.seed
-    )
+    central = central_pool_model(data, settings.hidden_sizes, settings.seed)
     federated, _, _ = load_model(Path(report["model_file"]))
     return {
         "dp_evaluation_auc": report["evaluation"]["final"]["auc"],

@@ -56,9 +56,7 @@ def compare_with_baselines(
     seed: int,
 ) -> BaselineComparison:
     data = {c.clinic_id: load_clinic_data(c.clinic_id, c.data_path, task) for c in clinics}
-    x_pool = np.concatenate([d.x_train for d in data.values()])
-    y_pool = np.concatenate([d.y_train for d in data.values()])
-    central = train_with_early_stopping(build_model(hidden_sizes, seed=seed), x_pool, y_pool, seed)
+    central = central_pool_model(data, hidden_sizes, seed)
     local_only = {}
     for clinic_id, clinic_data in data.items():
         local = build_model(hidden_sizes, seed=seed)
@@ -69,6 +67,15 @@ def compare_with_baselines(
         central=score(central, data),
         local_only=local_only,
     )
+
+
+def central_pool_model(
+    data: dict[str, ClinicData], hidden_sizes: tuple[int, ...], seed: int
+) -> RiskModel:
+    """The non-private model of every given clinic's training rows in one place."""
+    x_pool = np.concatenate([d.x_train for d in data.values()])
+    y_pool = np.concatenate([d.y_train for d in data.values()])
+    return train_with_early_stopping(build_model(hidden_sizes, seed=seed), x_pool, y_pool, seed)
 
 
 def train_with_early_stopping(
